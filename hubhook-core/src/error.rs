@@ -1,0 +1,40 @@
+//! The crate's error type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// What can go wrong building or running a listener.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No API key was given and unauthenticated hooks were not allowed.
+    #[error("no API key configured; add one, or allow unauthenticated hooks explicitly")]
+    NoApiKey,
+    /// The hook path does not start with `/`, has a query, or is a reserved path.
+    #[error("invalid hook path {0:?}: it must start with '/' and not be /healthz or /metrics")]
+    InvalidPath(String),
+    /// Two handlers have the same name.
+    #[error("two handlers are named {0:?}; handler names must be unique")]
+    DuplicateHandler(String),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address that was asked for.
+        addr: SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A TLS certificate or key file could not be read or used.
+    #[error("TLS {what} {path}: {reason}")]
+    Tls {
+        /// `"certificate"` or `"key"`, or `"configuration"` for the pair.
+        what: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O error while serving.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

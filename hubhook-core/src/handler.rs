@@ -1,0 +1,218 @@
+//! The `Handler` trait and what a handler receives and returns.
+
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::HubMessage;
+
+/// Something that acts on a pushed image: runs a script, redeploys a container, logs a line.
+///
+/// Handlers run off the request path, after the webhook has been answered, and may run
+/// concurrently with themselves for different deliveries. A panic inside `handle` is caught
+/// and reported as a failed run; it does not affect other deliveries.
+///
+/// ```
+/// use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
+///
+/// struct Announce;
+///
+/// #[async_trait]
+/// impl Handler for Announce {
+///     fn name(&self) -> &str {
+///         "announce"
+///     }
+///
+///     async fn handle(&self, msg: &HubMessage, ctx: &Context) -> Result<Outcome, HandlerError> {
+///         Ok(Outcome::new(format!("{} pushed ({})", msg.image(), ctx.delivery())))
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// A short name for logs and metrics (`"deploy-site"`).
+    fn name(&self) -> &str;
+
+    /// Acts on one message. Watch [`Context::cancelled`] in long work: it fires when the
+    /// server shuts down past its grace period or the run's deadline passes.
+    async fn handle(&self, msg: &HubMessage, ctx: &Context) -> Result<Outcome, HandlerError>;
+}
+
+/// What a successful run reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// One line saying what was done (`"deployed acme/site:v2"`).
+    pub summary: String,
+}
+
+impl Outcome {
+    /// An outcome with a summary line.
+    pub fn new(summary: impl Into<String>) -> Self {
+        Self {
+            summary: summary.into(),
+        }
+    }
+}
+
+/// Why a handler run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// The work was tried and failed; the text says why (an exit status, an output tail).
+    #[error("{0}")]
+    Failed(String),
+    /// The message does not fit this handler's configuration (a tag it may not deploy);
+    /// nothing was done.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The run took longer than its timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The run stopped because the server is shutting down.
+    #[error("cancelled")]
+    Cancelled,
+    /// The handler panicked; the text is the panic message.
+    #[error("panicked: {0}")]
+    Panicked(String),
+    /// Any other error.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The identity of one accepted webhook: a ULID (26 characters, Crockford base32) that
+/// sorts by arrival time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeliveryId([u8; 26]);
+
+impl DeliveryId {
+    /// A new id for now.
+    pub fn generate() -> Self {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut random = [0u8; 10];
+        // getrandom only fails when the OS has no entropy source at all; an id that is
+        // unique by time and a process-wide counter is still fine for that case.
+        if getrandom::getrandom(&mut random).is_err() {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            random[..8].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        }
+        let mut value: u128 = u128::from(millis & 0xFFFF_FFFF_FFFF) << 80;
+        for (i, b) in random.iter().enumerate() {
+            value |= u128::from(*b) << (72 - 8 * i);
+        }
+        const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let mut out = [0u8; 26];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let shift = 5 * (25 - i);
+            *slot = ALPHABET[((value >> shift) & 0x1F) as usize];
+        }
+        Self(out)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII from ALPHABET is ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeliveryId({})", self.as_str())
+    }
+}
+
+/// What a handler knows about the run it is in.
+#[derive(Debug, Clone)]
+pub struct Context {
+    delivery: DeliveryId,
+    attempt: u32,
+    cancel: CancellationToken,
+    deadline: Option<Instant>,
+}
+
+impl Context {
+    /// A context for the first attempt of `delivery`, with no deadline and a fresh
+    /// cancellation signal. Useful to call a handler directly, in tests or in a plugin host.
+    pub fn new(delivery: DeliveryId) -> Self {
+        Self {
+            delivery,
+            attempt: 1,
+            cancel: CancellationToken::new(),
+            deadline: None,
+        }
+    }
+
+    /// Sets the attempt number (1 for the first run).
+    #[must_use]
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Sets the instant by which the run should be over.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Uses `token` as the cancellation signal.
+    #[must_use]
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// The delivery this run belongs to.
+    pub fn delivery(&self) -> DeliveryId {
+        self.delivery
+    }
+
+    /// Which attempt this is, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the run should be over, if there is a limit.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the run has been asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Completes when the run is asked to stop; use it in a `select!` around long work.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_ids_are_distinct_and_sortable() {
+        let a = DeliveryId::generate();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = DeliveryId::generate();
+        assert_ne!(a, b);
+        assert!(a < b, "{a} < {b}");
+        assert_eq!(a.as_str().len(), 26);
+    }
+}

@@ -1,0 +1,100 @@
+//! Receive container-registry webhooks and act on them.
+//!
+//! A registry (Docker Hub, a self-hosted registry) POSTs a webhook when an image is pushed.
+//! hubhook-core authenticates it, decodes it into a [`HubMessage`], answers `202 Accepted`
+//! at once and runs your [`Handler`]s in the background: redeploy a container, run a
+//! script, log a line.
+//!
+//! # Example
+//!
+//! A listener on a free port with one handler, shut down again after one request:
+//!
+//! ```
+//! use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
+//! use hubhook_core::{HubhookService, Listener, Route};
+//!
+//! struct Redeploy;
+//!
+//! #[async_trait]
+//! impl Handler for Redeploy {
+//!     fn name(&self) -> &str {
+//!         "redeploy"
+//!     }
+//!
+//!     async fn handle(&self, msg: &HubMessage, _ctx: &Context) -> Result<Outcome, HandlerError> {
+//!         // `msg.image()` is checked against the image-reference grammar: safe in an argv.
+//!         Ok(Outcome::new(format!("would deploy {}", msg.image())))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let service = HubhookService::builder()
+//!     .path("/hubhook")
+//!     .api_key("change-me-to-something-long")
+//!     .route(Route::new(Redeploy).repo("acme/*").tag("latest"))
+//!     .build()?;
+//! let listener = Listener::builder(service)
+//!     .addr("127.0.0.1:0".parse()?)
+//!     .bind()
+//!     .await?;
+//! let url = format!("http://{}/hubhook?apikey=change-me-to-something-long", listener.local_addr());
+//! let stop = listener.shutdown_handle();
+//! let server = tokio::spawn(listener.serve());
+//! // ... Docker Hub (or `hubhook send`) posts to `url` ...
+//! # let _ = url;
+//! stop.shutdown();
+//! server.await??;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The HTTP contract
+//!
+//! | request | answer |
+//! |---|---|
+//! | POST to the hook path, valid key, valid payload | 202 `{"delivery":"<id>"}` |
+//! | missing or wrong key | 401, the same body whatever the reason |
+//! | body not JSON, or not a Docker Hub payload | 400 `{"error":"<reason>"}` |
+//! | body over the limit | 413, refused on `Content-Length` before reading |
+//! | `Content-Type` present and not JSON | 415 |
+//! | body slower than the read timeout | 408 |
+//! | other method on the hook path | 405 with `Allow: POST` |
+//! | unknown path | 404 |
+//! | shutting down, or too many runs pending | 503 with `Retry-After` |
+//! | `GET /healthz` | 200, no key needed |
+//! | `GET /metrics` | Prometheus text format, no key needed |
+//!
+//! Keys come as `?apikey=` or `Authorization: Bearer`, are compared in constant time, and
+//! never reach a log line; neither does the query string.
+//!
+//! # Features
+//!
+//! - `tls` (default): HTTPS through rustls with the `ring` provider ([`TlsConfig`]).
+//! - `tower`: [`HubhookService`] implements `tower::Service`, to mount it in axum or any
+//!   tower stack.
+
+#![deny(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod auth;
+mod dispatch;
+mod error;
+mod handler;
+mod listener;
+mod message;
+mod metrics;
+mod reference;
+mod service;
+#[cfg(feature = "tls")]
+mod tls;
+
+pub use async_trait::async_trait;
+pub use dispatch::{Pattern, Route};
+pub use error::Error;
+pub use handler::{Context, DeliveryId, Handler, HandlerError, Outcome};
+pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
+pub use message::{HubMessage, MessageError, PushData, Repository, SOURCE_DOCKERHUB};
+pub use service::{HubhookService, HubhookServiceBuilder, DEFAULT_MAX_BODY, DEFAULT_PATH};
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;

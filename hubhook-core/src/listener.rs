@@ -1,0 +1,309 @@
+//! `Listener`: accepts TCP (and TLS) connections and serves a [`HubhookService`] on them.
+//!
+//! Each connection is served by hyper's automatic HTTP/1.1 + HTTP/2 builder. Limits that
+//! protect the process live here: a cap on open connections (accepting pauses at the cap,
+//! the kernel's backlog holds the rest), a timeout for the TLS handshake and for the
+//! request head (hyper only enforces the latter when given a timer, so it is given one),
+//! and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Error, HubhookService};
+#[cfg(feature = "tls")]
+use crate::TlsConfig;
+
+/// Serves a [`HubhookService`] over HTTP or HTTPS, HTTP/1.1 and HTTP/2.
+///
+/// ```no_run
+/// use hubhook_core::{HubhookService, Listener};
+/// # use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
+/// # struct Deploy;
+/// # #[async_trait] impl Handler for Deploy {
+/// #     fn name(&self) -> &str { "deploy" }
+/// #     async fn handle(&self, _: &HubMessage, _: &Context) -> Result<Outcome, HandlerError> { Ok(Outcome::default()) }
+/// # }
+/// # async fn run() -> Result<(), hubhook_core::Error> {
+/// let service = HubhookService::builder().api_key("secret").handler(Deploy).build()?;
+/// let listener = Listener::builder(service)
+///     .addr("127.0.0.1:0".parse().unwrap())
+///     .bind()
+///     .await?;
+/// println!("listening on {}", listener.local_addr());
+/// listener.serve_with_shutdown(async { let _ = tokio::signal::ctrl_c().await; }).await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    local_addr: SocketAddr,
+    service: HubhookService,
+    settings: Settings,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    #[cfg(feature = "tls")]
+    tls: Option<TlsConfig>,
+    header_timeout: Duration,
+    max_connections: usize,
+    grace: Duration,
+}
+
+/// Builds a [`Listener`]. Start from [`Listener::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct ListenerBuilder {
+    service: HubhookService,
+    addr: SocketAddr,
+    settings: Settings,
+}
+
+/// Asks a running [`Listener`] to shut down gracefully. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    /// Starts the shutdown; [`Listener::serve`] returns once it is complete.
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+impl ListenerBuilder {
+    /// The address to listen on; default `127.0.0.1:8080`. Port 0 picks a free port; read
+    /// it back with [`Listener::local_addr`].
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Serves HTTPS with this certificate instead of plain HTTP. HTTP/2 is offered by ALPN.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.settings.tls = Some(tls);
+        self
+    }
+
+    /// How long a client may take to complete the TLS handshake and to send a request's
+    /// headers; default 10 s. The connection is closed when it runs out.
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.header_timeout = timeout;
+        self
+    }
+
+    /// The most connections served at once; default 512. Further clients wait in the
+    /// kernel's accept queue.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.settings.max_connections = connections.max(1);
+        self
+    }
+
+    /// How long shutdown waits, first for open requests and then for running handlers,
+    /// before cancelling them; default 30 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.settings.grace = grace;
+        self
+    }
+
+    /// Binds the socket. Listening starts now (the port is reserved), serving starts with
+    /// [`Listener::serve`].
+    pub async fn bind(self) -> Result<Listener, Error> {
+        let tcp = TcpListener::bind(self.addr)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: self.addr,
+                source,
+            })?;
+        let local_addr = tcp.local_addr()?;
+        Ok(Listener {
+            tcp,
+            local_addr,
+            service: self.service,
+            settings: self.settings,
+            shutdown: CancellationToken::new(),
+        })
+    }
+}
+
+impl Listener {
+    /// A builder serving `service`.
+    pub fn builder(service: HubhookService) -> ListenerBuilder {
+        ListenerBuilder {
+            service,
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            settings: Settings {
+                #[cfg(feature = "tls")]
+                tls: None,
+                header_timeout: Duration::from_secs(10),
+                max_connections: 512,
+                grace: Duration::from_secs(30),
+            },
+        }
+    }
+
+    /// The address actually bound (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Whether connections are served with TLS.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.settings.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        return false;
+    }
+
+    /// A handle that shuts this listener down from elsewhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    pub async fn serve_with_shutdown(self, signal: impl Future<Output = ()>) -> Result<(), Error> {
+        let handle = self.shutdown_handle();
+        let serve = self.serve();
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => return result,
+            () = signal => handle.shutdown(),
+        }
+        serve.await
+    }
+
+    /// Serves until a [`ShutdownHandle`] asks it to stop. Shutdown then goes: stop
+    /// accepting; new webhooks get 503; requests under way are answered; connections close;
+    /// running handlers get the grace period, then are cancelled.
+    pub async fn serve(self) -> Result<(), Error> {
+        let Listener {
+            tcp,
+            service,
+            settings,
+            shutdown,
+            ..
+        } = self;
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_timeout)
+            .max_buf_size(64 * 1024);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(64)
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let http = Arc::new(http);
+        let connections = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(settings.max_connections));
+
+        loop {
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = tcp.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Connection {
+                http: http.clone(),
+                service: service.clone(),
+                settings: settings.clone(),
+                shutdown: shutdown.clone(),
+            };
+            connections.spawn(async move {
+                conn.serve(stream, peer).await;
+                drop(permit);
+            });
+        }
+
+        drop(tcp);
+        service.begin_shutdown();
+        connections.close();
+        tracing::info!(open = connections.len(), "shutting down: no longer accepting");
+        if tokio::time::timeout(settings.grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.len(),
+                "connections still open after the grace period; closing them"
+            );
+        }
+        service.shutdown(settings.grace).await;
+        tracing::info!("shut down");
+        Ok(())
+    }
+}
+
+/// What one connection task needs.
+struct Connection {
+    http: Arc<auto::Builder<TokioExecutor>>,
+    service: HubhookService,
+    settings: Settings,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.settings.tls {
+            let handshake = tls.acceptor().accept(stream);
+            match tokio::time::timeout(self.settings.header_timeout, handshake).await {
+                Ok(Ok(stream)) => self.serve_io(TokioIo::new(stream), peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+            return;
+        }
+        self.serve_io(TokioIo::new(stream), peer).await;
+    }
+
+    async fn serve_io<I>(self, io: TokioIo<I>, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = self.service.clone();
+        let svc = service_fn(move |req| {
+            let service = service.clone();
+            async move { Ok::<_, std::convert::Infallible>(service.respond(req).await) }
+        });
+        let conn = self.http.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = self.shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            // Client resets and header timeouts end up here; they are the client's business.
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! `HubMessage`: the Docker Hub webhook payload, decoded leniently and validated.
+//!
+//! Docker Hub has changed the payload's number formats over the years (integer or float
+//! timestamps, counts sent as strings), so decoding reads each field for what it can be
+//! and ignores what it does not know. Only two things are strict, because everything
+//! downstream acts on them: the repository name and the tag must follow the
+//! image-reference grammar.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::reference::{self, ReferenceError};
+
+/// The source name of messages decoded from a Docker Hub payload.
+pub const SOURCE_DOCKERHUB: &str = "dockerhub";
+
+/// One "an image was pushed" event.
+///
+/// The shape is Docker Hub's webhook payload; other registries' events map onto it and add
+/// what they know ([`source`](Self::source), [`registry`](Self::registry),
+/// [`digest`](Self::digest)). Serializing gives the Docker Hub shape plus those fields.
+///
+/// ```
+/// use hubhook_core::HubMessage;
+///
+/// let body = br#"{"push_data":{"tag":"v2","pushed_at":1.417566161e9},
+///                 "repository":{"repo_name":"acme/site","star_count":"3"}}"#;
+/// let msg = HubMessage::from_json(body)?;
+/// assert_eq!(msg.repo(), "acme/site");
+/// assert_eq!(msg.tag(), "v2");
+/// assert_eq!(msg.image(), "acme/site:v2");
+/// assert_eq!(msg.push_data.pushed_at, Some(1417566161));
+/// # Ok::<(), hubhook_core::MessageError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct HubMessage {
+    /// Docker Hub's legacy callback URL, if the payload carried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// What was pushed, when and by whom.
+    pub push_data: PushData,
+    /// The repository that was pushed to.
+    pub repository: Repository,
+    /// Which provider produced this message (`"dockerhub"` for Docker Hub payloads).
+    pub source: String,
+    /// The registry host (`"127.0.0.1:5000"`, `"ghcr.io"`), or `None` for Docker Hub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The pushed manifest's digest (`sha256:...`), when the provider knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip)]
+    raw: String,
+}
+
+/// The `push_data` object of the payload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PushData {
+    /// When the push happened, in seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushed_at: Option<i64>,
+    /// Who pushed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pusher: Option<String>,
+    /// The pushed tag; always valid tag syntax once decoded.
+    pub tag: String,
+    /// Image digests, as older payloads listed them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+}
+
+/// The `repository` object of the payload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Repository {
+    /// Short name (`"testhook"`).
+    pub name: String,
+    /// Namespace (`"svendowideit"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Owner account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Full name (`"svendowideit/testhook"`); always valid repository syntax once decoded.
+    pub repo_name: String,
+    /// The repository's web page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo_url: Option<String>,
+    /// Whether the repository is private.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_private: Option<bool>,
+    /// Whether it is an official image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_official: Option<bool>,
+    /// Whether it is an automated ("trusted") build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub is_trusted: Option<bool>,
+    /// Repository status (`"Active"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Short description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Creation time, in seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub date_created: Option<i64>,
+    /// Number of stars.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub star_count: Option<u64>,
+    /// Number of comments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment_count: Option<u64>,
+}
+
+/// Why a body could not become a [`HubMessage`]. Answered with HTTP 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The body is not JSON at all.
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    /// The JSON is not an object with the expected parts.
+    #[error("payload is not a Docker Hub webhook: {0}")]
+    Shape(&'static str),
+    /// The repository name breaks the image-reference grammar.
+    #[error("repository name {name:?} {reason}")]
+    Repository {
+        /// The offending value, truncated to 64 characters.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The tag breaks the image-reference grammar.
+    #[error("tag {tag:?} {reason}")]
+    Tag {
+        /// The offending value, truncated to 64 characters.
+        tag: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The digest is not `algorithm:hex`.
+    #[error("digest {digest:?} {reason}")]
+    Digest {
+        /// The offending value, truncated to 80 characters.
+        digest: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl HubMessage {
+    /// Decodes and validates a Docker Hub webhook body.
+    ///
+    /// Timestamps may be integers, floats or numeric strings; counts may be numbers or
+    /// strings; unknown fields and fields of an unexpected type are ignored. A missing tag
+    /// means `latest`. The repository name is `repository.repo_name`, or
+    /// `namespace/name` when that is absent.
+    pub fn from_json(body: &[u8]) -> Result<Self, MessageError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            // serde_json's message is short and says where; it never echoes the input.
+            MessageError::Json(e.to_string())
+        })?;
+        let Value::Object(root) = value else {
+            return Err(MessageError::Shape("the body is not a JSON object"));
+        };
+        let push = match root.get("push_data") {
+            Some(Value::Object(p)) => Some(p),
+            None | Some(Value::Null) => None,
+            Some(_) => return Err(MessageError::Shape("push_data is not an object")),
+        };
+        let Some(Value::Object(repo)) = root.get("repository") else {
+            return Err(MessageError::Shape("repository object is missing"));
+        };
+
+        let empty = Map::new();
+        let push = push.unwrap_or(&empty);
+        let name = string(repo, "name").unwrap_or_default();
+        let namespace = string(repo, "namespace");
+        let repo_name = match string(repo, "repo_name") {
+            Some(full) => full,
+            None if name.is_empty() => {
+                return Err(MessageError::Shape("repository has no repo_name and no name"))
+            }
+            None => match &namespace {
+                Some(ns) => format!("{ns}/{name}"),
+                None => name.clone(),
+            },
+        };
+        let tag = string(push, "tag").unwrap_or_else(|| "latest".to_owned());
+
+        let mut msg = HubMessage {
+            callback_url: string(&root, "callback_url"),
+            push_data: PushData {
+                pushed_at: timestamp(push, "pushed_at"),
+                pusher: string(push, "pusher"),
+                tag,
+                images: match push.get("images") {
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect(),
+                    _ => Vec::new(),
+                },
+            },
+            repository: Repository {
+                name,
+                namespace,
+                owner: string(repo, "owner"),
+                repo_name,
+                repo_url: string(repo, "repo_url"),
+                is_private: boolean(repo, "is_private"),
+                is_official: boolean(repo, "is_official"),
+                is_trusted: boolean(repo, "is_trusted"),
+                status: string(repo, "status"),
+                description: string(repo, "description"),
+                date_created: timestamp(repo, "date_created"),
+                star_count: count(repo, "star_count"),
+                comment_count: count(repo, "comment_count"),
+            },
+            source: SOURCE_DOCKERHUB.to_owned(),
+            registry: None,
+            digest: None,
+            raw: String::new(),
+        };
+        msg.validate()?;
+        // The body parsed as JSON, so it is UTF-8.
+        msg.raw = String::from_utf8_lossy(body).into_owned();
+        Ok(msg)
+    }
+
+    /// Builds a message for `repository:tag` from another source, validated like a decoded
+    /// one. Fill in the other public fields as the source knows them.
+    ///
+    /// ```
+    /// let msg = hubhook_core::HubMessage::new("127.0.0.1:5000/site", "v2")?;
+    /// assert_eq!(msg.image(), "127.0.0.1:5000/site:v2");
+    /// # Ok::<(), hubhook_core::MessageError>(())
+    /// ```
+    pub fn new(repository: &str, tag: &str) -> Result<Self, MessageError> {
+        let (registry, path) = split_registry(repository);
+        let name = path.rsplit('/').next().unwrap_or(path).to_owned();
+        let namespace = path.rsplit_once('/').map(|(ns, _)| ns.to_owned());
+        let msg = HubMessage {
+            push_data: PushData {
+                tag: tag.to_owned(),
+                ..PushData::default()
+            },
+            repository: Repository {
+                name,
+                namespace,
+                repo_name: path.to_owned(),
+                ..Repository::default()
+            },
+            source: "custom".to_owned(),
+            registry: registry.map(str::to_owned),
+            ..HubMessage::default()
+        };
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// Checks the fields that later code acts on against the image-reference grammar.
+    /// Call it again after changing [`repository`](Self::repository),
+    /// [`push_data`](Self::push_data) `.tag`, [`registry`](Self::registry) or
+    /// [`digest`](Self::digest) by hand.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        reference::check_name(&self.full_name()).map_err(|e| repo_error(&self.full_name(), e))?;
+        reference::check_tag(&self.push_data.tag).map_err(|reason| MessageError::Tag {
+            tag: truncate(&self.push_data.tag, 64),
+            reason: reason.to_string(),
+        })?;
+        if let Some(digest) = &self.digest {
+            reference::check_digest(digest).map_err(|reason| MessageError::Digest {
+                digest: truncate(digest, 80),
+                reason: reason.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The repository path as the provider names it (`"svendowideit/testhook"`), without
+    /// the registry host.
+    pub fn repo(&self) -> &str {
+        &self.repository.repo_name
+    }
+
+    /// The pushed tag (`"latest"`).
+    pub fn tag(&self) -> &str {
+        &self.push_data.tag
+    }
+
+    /// The pullable reference: `[registry/]repo:tag`, or `[registry/]repo@digest` when
+    /// the digest is known.
+    pub fn image(&self) -> String {
+        match &self.digest {
+            Some(digest) => format!("{}@{digest}", self.full_name()),
+            None => format!("{}:{}", self.full_name(), self.push_data.tag),
+        }
+    }
+
+    /// The JSON body this message was decoded from (empty for messages built with
+    /// [`new`](Self::new)).
+    pub fn raw_json(&self) -> &str {
+        &self.raw
+    }
+
+    fn full_name(&self) -> String {
+        match &self.registry {
+            Some(host) => format!("{host}/{}", self.repository.repo_name),
+            None => self.repository.repo_name.clone(),
+        }
+    }
+}
+
+fn split_registry(reference: &str) -> (Option<&str>, &str) {
+    match reference.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, reference),
+    }
+}
+
+fn repo_error(name: &str, reason: ReferenceError) -> MessageError {
+    MessageError::Repository {
+        name: truncate(name, 64),
+        reason: reason.to_string(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn string(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    match obj.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn boolean(obj: &Map<String, Value>, key: &str) -> Option<bool> {
+    match obj.get(key)? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_u64().map(|n| n != 0),
+        _ => None,
+    }
+}
+
+/// Seconds since the epoch from an integer, a float (`1.417566161e+09`) or a numeric string.
+fn timestamp(obj: &Map<String, Value>, key: &str) -> Option<i64> {
+    let float = match obj.get(key)? {
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Some(i);
+            }
+            n.as_f64()?
+        }
+        Value::String(s) => {
+            if let Ok(i) = s.trim().parse::<i64>() {
+                return Some(i);
+            }
+            s.trim().parse::<f64>().ok()?
+        }
+        _ => return None,
+    };
+    // `as` saturates; refuse what is not a plausible time instead of clamping it.
+    (float.is_finite() && float.abs() < 1e15).then(|| float.trunc() as i64)
+}
+
+fn count(obj: &Map<String, Value>, key: &str) -> Option<u64> {
+    match obj.get(key)? {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && *f < 1e15).map(|f| f as u64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_registry_only_takes_hosts() {
+        assert_eq!(split_registry("a/b"), (None, "a/b"));
+        assert_eq!(split_registry("ghcr.io/a/b"), (Some("ghcr.io"), "a/b"));
+        assert_eq!(split_registry("localhost:5000/a"), (Some("localhost:5000"), "a"));
+    }
+
+    #[test]
+    fn truncate_counts_characters() {
+        assert_eq!(truncate("ééé", 2), "éé...");
+        assert_eq!(truncate("ab", 2), "ab");
+    }
+}

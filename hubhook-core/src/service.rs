@@ -1,0 +1,422 @@
+//! `HubhookService`: one request in, one response out — the HTTP contract of hubhook.
+//!
+//! Routing, authentication, limits, decoding and the hand-off to dispatch all happen here,
+//! in that order, so the cheapest refusals come first and nothing is read from a client
+//! that has not shown a key. The same value serves the built-in [`Listener`](crate::Listener)
+//! and, with the `tower` feature, any tower/axum/hyper stack.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+
+use crate::auth::ApiKeys;
+use crate::dispatch::{Dispatcher, Route};
+use crate::handler::{DeliveryId, Handler};
+use crate::metrics::Metrics;
+use crate::{Error, HubMessage};
+
+/// The default hook path.
+pub const DEFAULT_PATH: &str = "/hubhook";
+/// The default body limit: 1 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+const HEALTH_PATH: &str = "/healthz";
+const METRICS_PATH: &str = "/metrics";
+/// Seconds a client is told to wait when refused with 503.
+const RETRY_AFTER_SECS: &str = "5";
+
+/// The webhook endpoint as a value: answers one request at a time, runs handlers in the
+/// background. Cheap to clone (all clones share the same state).
+///
+/// ```
+/// use hubhook_core::HubhookService;
+/// # use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
+/// # struct Deploy;
+/// # #[async_trait] impl Handler for Deploy {
+/// #     fn name(&self) -> &str { "deploy" }
+/// #     async fn handle(&self, _: &HubMessage, _: &Context) -> Result<Outcome, HandlerError> { Ok(Outcome::default()) }
+/// # }
+/// let service = HubhookService::builder()
+///     .path("/hooks/site")
+///     .api_key("a-long-random-key")
+///     .handler(Deploy)
+///     .build()?;
+/// # Ok::<(), hubhook_core::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct HubhookService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: String,
+    keys: ApiKeys,
+    max_body: u64,
+    read_timeout: Duration,
+    draining: AtomicBool,
+    dispatcher: Dispatcher,
+    metrics: Arc<Metrics>,
+}
+
+/// Builds a [`HubhookService`]. Start from [`HubhookService::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct HubhookServiceBuilder {
+    path: String,
+    keys: ApiKeys,
+    allow_unauthenticated: bool,
+    max_body: u64,
+    read_timeout: Duration,
+    max_pending: usize,
+    routes: Vec<Route>,
+}
+
+impl HubhookServiceBuilder {
+    /// The path webhooks are posted to; default `/hubhook`.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// Adds a key that authenticates requests (as `?apikey=` or `Authorization: Bearer`).
+    /// Call it again to accept several keys at once, for rotation.
+    pub fn api_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.keys.add(key.as_ref());
+        self
+    }
+
+    /// Lets [`build`](Self::build) succeed with no key: anyone who can reach the hook can
+    /// trigger handlers. Keys that are configured are still required.
+    pub fn allow_unauthenticated(mut self, allow: bool) -> Self {
+        self.allow_unauthenticated = allow;
+        self
+    }
+
+    /// The largest body accepted, in bytes; default 1 MiB. Larger ones get 413.
+    pub fn max_body(mut self, bytes: u64) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// How long a client may take to send the body once the headers are in; default 30 s.
+    /// A slower one gets 408.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// How many handler runs may be waiting or running at once; default 1024. A webhook
+    /// that would need more gets 503 with `Retry-After`.
+    pub fn max_pending(mut self, runs: usize) -> Self {
+        self.max_pending = runs;
+        self
+    }
+
+    /// Sends every accepted message to `handler`.
+    pub fn handler(self, handler: impl Handler) -> Self {
+        self.route(Route::new(handler))
+    }
+
+    /// Sends the messages `route` matches to its handler.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Checks the settings and builds the service. Must be called inside a tokio runtime
+    /// only when requests are served, not to build.
+    pub fn build(self) -> Result<HubhookService, Error> {
+        if !self.path.starts_with('/') || self.path.contains(['?', '#']) {
+            return Err(Error::InvalidPath(self.path));
+        }
+        if self.path == HEALTH_PATH || self.path == METRICS_PATH {
+            return Err(Error::InvalidPath(self.path));
+        }
+        if self.keys.is_empty() && !self.allow_unauthenticated {
+            return Err(Error::NoApiKey);
+        }
+        if self.keys.is_empty() {
+            tracing::warn!(
+                path = %self.path,
+                "no API key configured: anyone who can reach the hook can trigger handlers"
+            );
+        }
+        let mut names: Vec<&str> = self.routes.iter().map(Route::name).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::DuplicateHandler(pair[0].to_owned()));
+        }
+        let metrics = Arc::new(Metrics::new(names.iter().copied()));
+        Ok(HubhookService {
+            inner: Arc::new(Inner {
+                path: self.path,
+                keys: self.keys,
+                max_body: self.max_body,
+                read_timeout: self.read_timeout,
+                draining: AtomicBool::new(false),
+                dispatcher: Dispatcher::new(self.routes, self.max_pending.max(1), metrics.clone()),
+                metrics,
+            }),
+        })
+    }
+}
+
+impl HubhookService {
+    /// A builder with the defaults: path `/hubhook`, 1 MiB bodies, no handlers, no keys.
+    pub fn builder() -> HubhookServiceBuilder {
+        HubhookServiceBuilder {
+            path: DEFAULT_PATH.to_owned(),
+            keys: ApiKeys::default(),
+            allow_unauthenticated: false,
+            max_body: DEFAULT_MAX_BODY,
+            read_timeout: Duration::from_secs(30),
+            max_pending: 1024,
+            routes: Vec::new(),
+        }
+    }
+
+    /// The hook path.
+    pub fn path(&self) -> &str {
+        &self.inner.path
+    }
+
+    /// The names of the configured handlers, in the order they were added.
+    pub fn handler_names(&self) -> Vec<String> {
+        self.inner
+            .dispatcher
+            .routes()
+            .iter()
+            .map(|r| r.name().to_owned())
+            .collect()
+    }
+
+    /// Answers one request. Never fails: every problem is an HTTP status.
+    pub async fn respond<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let response = self.route(req).await;
+        self.inner
+            .metrics
+            .record_status(response.status().as_u16());
+        response
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path();
+        if path == self.inner.path {
+            return self.hook(req).await;
+        }
+        let readable = matches!(*req.method(), Method::GET | Method::HEAD);
+        match path {
+            HEALTH_PATH if readable => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+            METRICS_PATH if readable => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.inner
+                    .metrics
+                    .render(self.inner.dispatcher.running()),
+            ),
+            HEALTH_PATH | METRICS_PATH => {
+                with_header(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"), ALLOW, "GET, HEAD")
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    async fn hook<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if req.method() != Method::POST {
+            return with_header(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"), ALLOW, "POST");
+        }
+        let (parts, body) = req.into_parts();
+        if !self.inner.keys.is_empty() && !self.inner.keys.allows(&parts) {
+            // One body for every way of failing, so a probe learns nothing about keys.
+            tracing::info!(path = parts.uri.path(), "refused a request without a valid key");
+            return error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+        if let Some(kind) = parts.headers.get(CONTENT_TYPE) {
+            if !is_json(kind) {
+                return error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "content type must be application/json",
+                );
+            }
+        }
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.inner.max_body) {
+            return self.too_large();
+        }
+        let limited = Limited::new(body, self.inner.max_body as usize);
+        let bytes = match tokio::time::timeout(self.inner.read_timeout, limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return self.too_large();
+            }
+            Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "could not read the body"),
+            Err(_) => {
+                return error(StatusCode::REQUEST_TIMEOUT, "the body took too long to arrive")
+            }
+        };
+        if self.inner.draining.load(Ordering::Acquire) {
+            return unavailable("shutting down");
+        }
+        let msg = match HubMessage::from_json(&bytes) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::info!(path = parts.uri.path(), reason = %e, "refused a payload");
+                return error(StatusCode::BAD_REQUEST, &e.to_string());
+            }
+        };
+        let delivery = DeliveryId::generate();
+        let (repo, tag) = (msg.repo().to_owned(), msg.tag().to_owned());
+        match self.inner.dispatcher.dispatch(msg, delivery) {
+            Ok(handlers) => {
+                self.inner.metrics.record_accepted();
+                tracing::info!(%delivery, repo, tag, handlers, "accepted a delivery");
+                let body = serde_json::json!({ "delivery": delivery.as_str() }).to_string();
+                text(StatusCode::ACCEPTED, "application/json", body)
+            }
+            Err(_) => {
+                let reason = if self.inner.dispatcher.is_closed() {
+                    "shutting down"
+                } else {
+                    "too many deliveries in progress"
+                };
+                tracing::warn!(repo, tag, reason, "refused a delivery with 503");
+                unavailable(reason)
+            }
+        }
+    }
+
+    fn too_large(&self) -> Response<Full<Bytes>> {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body is larger than {} bytes", self.inner.max_body),
+        )
+    }
+
+    /// Stops accepting webhooks (they get 503 with `Retry-After`), lets running handlers
+    /// finish within `grace`, then cancels the rest. Returns whether all finished in time.
+    ///
+    /// The [`Listener`](crate::Listener) calls this itself; call it when the service is
+    /// mounted elsewhere, after the HTTP server has stopped.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.begin_shutdown();
+        self.inner.dispatcher.shutdown(grace).await
+    }
+
+    /// Makes new webhooks get 503 from now on, without waiting for anything.
+    pub(crate) fn begin_shutdown(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+}
+
+fn is_json(value: &HeaderValue) -> bool {
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn error(status: StatusCode, reason: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": reason }).to_string();
+    text(status, "application/json", body)
+}
+
+fn unavailable(reason: &str) -> Response<Full<Bytes>> {
+    with_header(
+        error(StatusCode::SERVICE_UNAVAILABLE, reason),
+        RETRY_AFTER,
+        RETRY_AFTER_SECS,
+    )
+}
+
+fn with_header(
+    mut response: Response<Full<Bytes>>,
+    name: http::header::HeaderName,
+    value: &'static str,
+) -> Response<Full<Bytes>> {
+    response
+        .headers_mut()
+        .insert(name, HeaderValue::from_static(value));
+    response
+}
+
+#[cfg(feature = "tower")]
+mod tower_impl {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// The service for tower, axum and hyper stacks. It is always ready and never fails:
+    /// every problem is an HTTP status.
+    impl<B> tower::Service<Request<B>> for HubhookService
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<B>) -> Self::Future {
+            let service = self.clone();
+            Box::pin(async move { Ok(service.respond(req).await) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_media_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.docker.distribution.events.v1+json",
+        ] {
+            assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
+        }
+        for bad in ["text/plain", "application/x-www-form-urlencoded", "json", ""] {
+            assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! TLS from PEM files: rustls with the `ring` provider, ALPN for h2 and http/1.1.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Error;
+
+/// A server certificate chain and its private key, ready for the
+/// [`ListenerBuilder::tls`](crate::ListenerBuilder::tls).
+#[derive(Clone)]
+pub struct TlsConfig {
+    config: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("alpn", &self.config.alpn_protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConfig {
+    /// Reads a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    /// Errors name the file and say what is wrong with it.
+    pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, Error> {
+        let (cert, key) = (cert.as_ref(), key.as_ref());
+        let cert_pem = read(cert, "certificate")?;
+        let key_pem = read(key, "key")?;
+        Self::from_pem(&cert_pem, &key_pem).map_err(|e| match e {
+            Error::Tls { what, reason, .. } => Error::Tls {
+                what,
+                path: if what == "key" { key } else { cert }.to_owned(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Like [`from_pem_files`](Self::from_pem_files), from PEM text in memory.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        let fail = |what: &'static str, reason: String| Error::Tls {
+            what,
+            path: PathBuf::new(),
+            reason,
+        };
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail("certificate", format!("is not valid PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(fail("certificate", "holds no CERTIFICATE block".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| fail("key", format!("holds no usable private key: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail("configuration", e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| fail("certificate", format!("does not fit the key: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+
+    pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Tls {
+        what,
+        path: path.to_owned(),
+        reason: format!("cannot be read: {e}"),
+    })
+}

@@ -1,0 +1,21 @@
+//! Built-in handlers for [hubhook-core](hubhook_core): what most deployments need without
+//! writing code.
+//!
+//! - [`LogHandler`]: one line per pushed image, as text or JSON.
+//!
+//! ```
+//! use hubhook_core::HubhookService;
+//! use hubhook_handlers::{LogFormat, LogHandler};
+//!
+//! let service = HubhookService::builder()
+//!     .api_key("secret")
+//!     .handler(LogHandler::new("log").format(LogFormat::Json))
+//!     .build()?;
+//! # Ok::<(), hubhook_core::Error>(())
+//! ```
+
+#![deny(unsafe_code)]
+
+mod log;
+
+pub use log::{LogFormat, LogHandler};
