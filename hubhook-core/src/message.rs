@@ -11,6 +11,25 @@ use serde_json::{Map, Value};
 
 use crate::reference::{self, ReferenceError};
 
+/// Docker Hub's documented example webhook payload, as its documentation shows it.
+///
+/// Useful to test a hook by hand (`hubhook send` posts it) and in tests.
+pub const EXAMPLE_PAYLOAD: &str = r#"{
+  "callback_url": "https://registry.hub.docker.com/u/svendowideit/testhook/hook/2141b5bi5i5b02bec211i4eeih0242eg11000a/",
+  "push_data": { "pushed_at": 1417566161, "pusher": "trustedbuilder", "tag": "latest" },
+  "repository": {
+    "comment_count": 0, "date_created": 1417494799, "description": "",
+    "dockerfile": "FROM busybox\n",
+    "full_description": "Docker Hub based automated build from a GitHub repo",
+    "is_official": false, "is_private": true, "is_trusted": true,
+    "name": "testhook", "namespace": "svendowideit", "owner": "svendowideit",
+    "repo_name": "svendowideit/testhook",
+    "repo_url": "https://registry.hub.docker.com/u/svendowideit/testhook/",
+    "star_count": 0, "status": "Active"
+  }
+}
+"#;
+
 /// The source name of messages decoded from a Docker Hub payload.
 pub const SOURCE_DOCKERHUB: &str = "dockerhub";
 

@@ -1,1 +1,271 @@
-fn main(){}
+//! `hubhook`: receive registry webhooks and redeploy.
+//!
+//! `hubhook serve` with no file listens on 127.0.0.1:8080 at `/hubhook` with the log
+//! handler, makes an API key in `./hubhook-data` and prints the hook URL to paste into
+//! Docker Hub. See `hubhook --help` and docs/CONFIG.md.
+
+#![deny(unsafe_code)]
+
+mod config;
+mod keys;
+mod send;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hubhook_core::{HubhookService, Listener, Route, TlsConfig};
+use hubhook_handlers::LogHandler;
+
+use crate::config::{Config, HandlerKind, HandlerSpec};
+
+/// Receive container-registry webhooks (Docker Hub and others) and act on them: log the
+/// push, run a script, redeploy a container.
+#[derive(Debug, Parser)]
+#[command(name = "hubhook", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve webhooks until SIGINT or SIGTERM.
+    ///
+    /// With no --config: listens on 127.0.0.1:8080 at /hubhook, runs the log handler, and
+    /// keeps a generated API key in ./hubhook-data/api-key (the hook URL with the key is
+    /// printed on stdout the first time). Logs go to stderr; set HUBHOOK_LOG (for example
+    /// "debug" or "hubhook_core=debug") to change how much.
+    Serve {
+        /// The TOML configuration file (see docs/CONFIG.md).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Listen on this address instead of the configured one (e.g. 0.0.0.0:8080).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Check a configuration file and exit: 0 when it is good, 1 with the file, line and
+    /// key of the first problem otherwise.
+    Check {
+        /// The TOML configuration file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print a new random API key (256 bits, URL-safe).
+    Keygen,
+    /// Post a test webhook (Docker Hub's documented example, or a file) and print the answer.
+    Send {
+        /// The hook URL, e.g. http://127.0.0.1:8080/hubhook?apikey=KEY
+        url: String,
+        /// Post this file instead of the documented example payload.
+        #[arg(long, short, value_name = "PAYLOAD")]
+        file: Option<PathBuf>,
+        /// Send this key as "Authorization: Bearer" (keeps it out of the URL).
+        #[arg(long, short, value_name = "KEY")]
+        key: Option<String>,
+        /// Trust the CA certificates in this PEM file for https URLs (default: the system's).
+        #[arg(long, value_name = "PEM")]
+        cacert: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { config, listen } => run(serve(config, listen)),
+        Command::Check { config } => match Config::load(&config) {
+            Ok(config) => {
+                let names: Vec<String> = config
+                    .handlers
+                    .iter()
+                    .map(|h| format!("{} ({})", h.name, h.kind.type_name()))
+                    .collect();
+                println!(
+                    "{}: ok; listens on {}{} ({}), handlers: {}",
+                    config.file.as_deref().unwrap_or(&config.data_dir).display(),
+                    config.listen,
+                    config.path,
+                    if config.tls.is_some() { "TLS" } else { "plain HTTP" },
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keygen => match keys::generate() {
+            Ok(key) => {
+                println!("{key}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot make a key: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Send {
+            url,
+            file,
+            key,
+            cacert,
+        } => run(async move {
+            let body = match &file {
+                Some(path) => std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                None => hubhook_core::EXAMPLE_PAYLOAD.as_bytes().to_vec(),
+            };
+            let answer = send::send(&url, body, key.as_deref(), cacert.as_deref()).await?;
+            println!("HTTP {}", answer.status);
+            println!("{}", answer.body.trim_end());
+            if answer.status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the hook answered {}", answer.status))
+            }
+        }),
+    }
+}
+
+/// Runs `work` on a runtime and turns its error into a message and exit status 1.
+fn run(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("HUBHOOK_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .with(filter)
+        .init();
+}
+
+async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
+    let mut config = match &file {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::defaults(),
+    };
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    // With no file, the server looks after its own key; with a file, the file says.
+    let mut announce = None;
+    if config.file.is_none() {
+        let (key, path, created) =
+            keys::load_or_create(&config.data_dir).map_err(|e| e.to_string())?;
+        announce = Some((if created { Some(key.clone()) } else { None }, path));
+        config.api_keys.push(key);
+    } else if config.allow_unauthenticated && config.api_keys.is_empty() {
+        tracing::warn!("auth.allow_unauthenticated is set and there is no key: anyone who reaches the hook can trigger handlers");
+    }
+
+    let mut builder = HubhookService::builder()
+        .path(config.path.clone())
+        .max_body(config.max_body)
+        .allow_unauthenticated(config.allow_unauthenticated);
+    for key in &config.api_keys {
+        builder = builder.api_key(key);
+    }
+    for spec in &config.handlers {
+        builder = builder.route(route(spec));
+    }
+    let service = builder.build().map_err(|e| e.to_string())?;
+    let handlers = service.handler_names();
+
+    let mut listener = Listener::builder(service)
+        .addr(config.listen)
+        .header_timeout(config.header_timeout)
+        .max_connections(config.max_connections)
+        .shutdown_grace(config.shutdown_grace);
+    if let Some(tls) = &config.tls {
+        listener = listener.tls(TlsConfig::from_pem_files(&tls.cert, &tls.key).map_err(|e| e.to_string())?);
+    }
+    let listener = listener.bind().await.map_err(|e| e.to_string())?;
+    let scheme = if listener.is_tls() { "https" } else { "http" };
+    let addr = listener.local_addr();
+    tracing::info!(
+        "hubhook {} listening on {scheme}://{addr}{} (TLS {}), {} handler(s): {}",
+        env!("CARGO_PKG_VERSION"),
+        config.path,
+        if listener.is_tls() { "on" } else { "off" },
+        handlers.len(),
+        if handlers.is_empty() { "none".to_owned() } else { handlers.join(", ") },
+    );
+    if let Some((new_key, path)) = announce {
+        // The key goes to stdout for the operator to copy, never through the log.
+        match new_key {
+            Some(key) => println!(
+                "Hook URL for Docker Hub (new key, kept in {}):\n  {scheme}://{addr}{}?apikey={key}",
+                path.display(),
+                config.path
+            ),
+            None => println!(
+                "Hook URL: {scheme}://{addr}{}?apikey=<the key in {}>",
+                config.path,
+                path.display()
+            ),
+        }
+    }
+    listener
+        .serve_with_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn route(spec: &HandlerSpec) -> Route {
+    let mut route = match &spec.kind {
+        HandlerKind::Log { format } => Route::new(LogHandler::new(&spec.name).format(*format)),
+    };
+    if let Some(repo) = &spec.repo {
+        route = route.repo(repo);
+    }
+    if let Some(tag) = &spec.tag {
+        route = route.tag(tag);
+    }
+    if let Some(timeout) = spec.timeout {
+        route = route.timeout(timeout);
+    }
+    route
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,583 @@
+//! The TOML configuration: reading it, checking it, and saying exactly where it is wrong.
+//!
+//! Every problem becomes a [`ConfigError`] naming the file, the line and the key
+//! (`hubhook.toml:12: handler[2].type: unknown handler type "shel"`). Serde reports type
+//! and unknown-key errors with the span of the value; the checks that run after parsing
+//! (addresses, durations, files) keep the span of the value they check.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hubhook_handlers::LogFormat;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the server looks for its data (the generated key) when nothing says otherwise.
+pub(crate) const DEFAULT_DATA_DIR: &str = "./hubhook-data";
+/// The address served when nothing says otherwise.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Keys shorter than this are refused: they can be guessed.
+const MIN_KEY_LEN: usize = 16;
+/// The handler types this build knows.
+const HANDLER_TYPES: &[&str] = &["log"];
+
+/// A configuration problem, with where it is.
+#[derive(Debug)]
+pub(crate) struct ConfigError {
+    file: PathBuf,
+    line: Option<usize>,
+    key: Option<String>,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The server's settings, checked and with defaults filled in.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// The file these came from, if any.
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) path: String,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) max_body: u64,
+    pub(crate) header_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) api_keys: Vec<String>,
+    pub(crate) allow_unauthenticated: bool,
+    pub(crate) tls: Option<TlsFiles>,
+    pub(crate) handlers: Vec<HandlerSpec>,
+}
+
+/// The certificate and key files of `[tls]`.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+/// One `[[handler]]` table.
+#[derive(Debug, Clone)]
+pub(crate) struct HandlerSpec {
+    pub(crate) name: String,
+    pub(crate) repo: Option<String>,
+    pub(crate) tag: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) kind: HandlerKind,
+}
+
+/// What a handler is, with its type's own settings.
+#[derive(Debug, Clone)]
+pub(crate) enum HandlerKind {
+    Log { format: LogFormat },
+}
+
+impl HandlerKind {
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Self::Log { .. } => "log",
+        }
+    }
+}
+
+impl Config {
+    /// The settings used when there is no file: 127.0.0.1:8080, `/hubhook`, the log
+    /// handler, `./hubhook-data`.
+    pub(crate) fn defaults() -> Self {
+        Self {
+            file: None,
+            listen: DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            path: hubhook_core::DEFAULT_PATH.to_owned(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            max_body: hubhook_core::DEFAULT_MAX_BODY,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            shutdown_grace: Duration::from_secs(30),
+            api_keys: Vec::new(),
+            allow_unauthenticated: false,
+            tls: None,
+            handlers: vec![HandlerSpec {
+                name: "log".to_owned(),
+                repo: None,
+                tag: None,
+                timeout: None,
+                kind: HandlerKind::Log {
+                    format: LogFormat::Text,
+                },
+            }],
+        }
+    }
+
+    /// Reads and checks `file`.
+    pub(crate) fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Parser { file, text: &text }.parse()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+    max_body: Option<Spanned<toml::Value>>,
+    header_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<String>>,
+    #[serde(default)]
+    auth: RawAuth,
+    tls: Option<RawTls>,
+    #[serde(default, rename = "handler")]
+    handlers: Vec<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    api_keys: Vec<Spanned<String>>,
+    api_keys_file: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_unauthenticated: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+/// The keys of `[log]` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+struct Parser<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Parser<'_> {
+    fn parse(&self) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(self.text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            // Spanned<T> shows up in the path as a private field; the user never wrote it.
+            let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let inner = e.into_inner();
+            ConfigError {
+                file: self.file.to_owned(),
+                line: inner.span().map(|s| self.line_of(s.start)),
+                key: (path != "." && !path.is_empty()).then_some(path),
+                message: inner.message().trim().to_owned(),
+            }
+        })?;
+
+        let mut config = Config::defaults();
+        config.file = Some(self.file.to_owned());
+        let base = self.file.parent().unwrap_or(Path::new("."));
+
+        if let Some(listen) = &raw.listen {
+            config.listen = listen.get_ref().parse().map_err(|_| {
+                self.error_at(listen.span(), "listen", format!(
+                    "{:?} is not an address with a port (like \"127.0.0.1:8080\" or \"[::1]:8080\")",
+                    listen.get_ref()
+                ))
+            })?;
+        }
+        if let Some(path) = &raw.path {
+            let p = path.get_ref();
+            if !p.starts_with('/') || p.contains(['?', '#']) || p == "/healthz" || p == "/metrics" {
+                return Err(self.error_at(path.span(), "path", format!(
+                    "{p:?} must start with '/', have no query, and not be /healthz or /metrics"
+                )));
+            }
+            config.path = p.clone();
+        }
+        if let Some(dir) = &raw.data_dir {
+            config.data_dir = base.join(dir.get_ref());
+        }
+        if let Some(size) = &raw.max_body {
+            config.max_body = parse_size(size.get_ref())
+                .map_err(|m| self.error_at(size.span(), "max_body", m))?;
+        }
+        if let Some(t) = &raw.header_timeout {
+            config.header_timeout = self.duration(t, "header_timeout")?;
+        }
+        if let Some(t) = &raw.shutdown_grace {
+            config.shutdown_grace = self.duration(t, "shutdown_grace")?;
+        }
+        if let Some(n) = &raw.max_connections {
+            config.max_connections = usize::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    self.error_at(n.span(), "max_connections", "must be a positive number".into())
+                })?;
+        }
+
+        for key in &raw.auth.api_keys {
+            self.check_key(key.get_ref(), key.span(), "auth.api_keys")?;
+            config.api_keys.push(key.get_ref().clone());
+        }
+        if let Some(file) = &raw.auth.api_keys_file {
+            let path = base.join(file.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                self.error_at(file.span(), "auth.api_keys_file", format!(
+                    "cannot read {}: {e}", path.display()
+                ))
+            })?;
+            for (i, line) in text.lines().enumerate() {
+                let key = line.trim();
+                if key.is_empty() || key.starts_with('#') {
+                    continue;
+                }
+                if key.len() < MIN_KEY_LEN {
+                    return Err(self.error_at(file.span(), "auth.api_keys_file", format!(
+                        "line {} of {} holds a key shorter than {MIN_KEY_LEN} characters",
+                        i + 1, path.display()
+                    )));
+                }
+                config.api_keys.push(key.to_owned());
+            }
+        }
+        config.allow_unauthenticated = raw.auth.allow_unauthenticated;
+        if config.api_keys.is_empty() && !config.allow_unauthenticated {
+            return Err(ConfigError {
+                file: self.file.to_owned(),
+                line: None,
+                key: Some("auth".into()),
+                message: "no API key: set auth.api_keys or auth.api_keys_file (`hubhook keygen` makes one), \
+                          or set auth.allow_unauthenticated = true to accept anyone"
+                    .into(),
+            });
+        }
+
+        if let Some(tls) = &raw.tls {
+            let cert = base.join(tls.cert.get_ref());
+            let key = base.join(tls.key.get_ref());
+            // Reading both now turns a typo into a config error instead of a failed start.
+            if let Err(e) = hubhook_core::TlsConfig::from_pem_files(&cert, &key) {
+                let (span, name) = match &e {
+                    hubhook_core::Error::Tls { what: "key", .. } => (tls.key.span(), "tls.key"),
+                    _ => (tls.cert.span(), "tls.cert"),
+                };
+                return Err(self.error_at(span, name, e.to_string()));
+            }
+            config.tls = Some(TlsFiles { cert, key });
+        }
+
+        config.handlers = raw
+            .handlers
+            .iter()
+            .enumerate()
+            .map(|(i, table)| self.handler(i, table))
+            .collect::<Result<_, _>>()?;
+        for (i, h) in config.handlers.iter().enumerate() {
+            if config.handlers[..i].iter().any(|other| other.name == h.name) {
+                let table = &raw.handlers[i];
+                return Err(self.error_at(
+                    self.key_span(table, "name"),
+                    &format!("handler[{i}].name"),
+                    format!("another handler is already named {:?}; names must be unique", h.name),
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    fn handler(&self, index: usize, table: &Spanned<toml::Table>) -> Result<HandlerSpec, ConfigError> {
+        let key = |k: &str| format!("handler[{index}].{k}");
+        let mut rest = table.get_ref().clone();
+        let mut take_string = |k: &str| -> Result<Option<String>, ConfigError> {
+            match rest.remove(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(self.error_at(
+                    self.key_span(table, k),
+                    &key(k),
+                    format!("must be a string, not {}", other.type_str()),
+                )),
+            }
+        };
+        let Some(kind) = take_string("type")? else {
+            return Err(self.error_at(
+                table.span(),
+                &key("type"),
+                format!("missing required key `type` (one of: {})", HANDLER_TYPES.join(", ")),
+            ));
+        };
+        let name = take_string("name")?.unwrap_or_else(|| kind.clone());
+        let repo = take_string("repo")?;
+        let tag = take_string("tag")?;
+        let timeout = take_string("timeout")?
+            .map(|t| {
+                humantime::parse_duration(&t).map_err(|e| {
+                    self.error_at(self.key_span(table, "timeout"), &key("timeout"), format!(
+                        "{t:?} is not a duration like \"30s\" or \"10m\": {e}"
+                    ))
+                })
+            })
+            .transpose()?;
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(self.error_at(
+                self.key_span(table, "name"),
+                &key("name"),
+                "must be 1 to 64 characters, without control characters".into(),
+            ));
+        }
+        let kind = match kind.as_str() {
+            "log" => {
+                let log: RawLog = self.rest(index, table, rest)?;
+                let format = match log.format.as_deref() {
+                    None | Some("text") => LogFormat::Text,
+                    Some("json") => LogFormat::Json,
+                    Some(other) => {
+                        return Err(self.error_at(
+                            self.key_span(table, "format"),
+                            &key("format"),
+                            format!("unknown log format {other:?} (expected \"text\" or \"json\")"),
+                        ))
+                    }
+                };
+                HandlerKind::Log { format }
+            }
+            other => {
+                return Err(self.error_at(
+                    self.key_span(table, "type"),
+                    &key("type"),
+                    format!(
+                        "unknown handler type {other:?} (expected one of: {})",
+                        HANDLER_TYPES.join(", ")
+                    ),
+                ))
+            }
+        };
+        Ok(HandlerSpec {
+            name,
+            repo,
+            tag,
+            timeout,
+            kind,
+        })
+    }
+
+    /// Deserializes a handler's own keys; unknown keys are errors naming the key.
+    fn rest<T: for<'de> Deserialize<'de>>(
+        &self,
+        index: usize,
+        table: &Spanned<toml::Table>,
+        rest: toml::Table,
+    ) -> Result<T, ConfigError> {
+        serde_path_to_error::deserialize(toml::Value::Table(rest)).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().trim().to_owned();
+            // An unknown key has no path yet; serde names it in the message.
+            let name = if path == "." {
+                message.split('`').nth(1).unwrap_or("").to_owned()
+            } else {
+                path
+            };
+            self.error_at(
+                self.key_span(table, &name),
+                &format!("handler[{index}].{name}"),
+                message,
+            )
+        })
+    }
+
+    fn check_key(&self, key: &str, span: Range<usize>, name: &str) -> Result<(), ConfigError> {
+        if key.trim().len() < MIN_KEY_LEN {
+            return Err(self.error_at(span, name, format!(
+                "an API key must be at least {MIN_KEY_LEN} characters; `hubhook keygen` makes a good one"
+            )));
+        }
+        Ok(())
+    }
+
+    fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(value.get_ref()).map_err(|e| {
+            self.error_at(value.span(), key, format!(
+                "{:?} is not a duration like \"30s\" or \"10m\": {e}",
+                value.get_ref()
+            ))
+        })
+    }
+
+    /// The span of `key = ...` inside a table, found in the text; the table's own span
+    /// when the key is not written on a line of its own.
+    fn key_span(&self, table: &Spanned<toml::Table>, key: &str) -> Range<usize> {
+        let span = table.span();
+        let body = self.text.get(span.clone()).unwrap_or("");
+        let mut offset = span.start;
+        for line in body.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            if let Some(after) = trimmed.strip_prefix(key) {
+                if after.trim_start().starts_with('=') {
+                    return offset..offset + line.len();
+                }
+            }
+            offset += line.len();
+        }
+        span
+    }
+
+    fn error_at(&self, span: Range<usize>, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: Some(self.line_of(span.start)),
+            key: Some(key.to_owned()),
+            message,
+        }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.text
+            .get(..offset.min(self.text.len()))
+            .map_or(0, |before| before.matches('\n').count())
+            + 1
+    }
+}
+
+/// Parses `1048576`, `"512KiB"`, `"1MiB"`, `"2MB"` into bytes.
+fn parse_size(value: &toml::Value) -> Result<u64, String> {
+    let text = match value {
+        toml::Value::Integer(n) if *n > 0 => return Ok(*n as u64),
+        toml::Value::String(s) => s.trim(),
+        _ => return Err("must be a positive number of bytes or a size like \"1MiB\"".into()),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like \"1MiB\" or \"65536\""))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(format!("{text:?} has an unknown unit (use B, KiB, MiB, KB or MB)")),
+    };
+    match number.checked_mul(factor) {
+        Some(0) | None => Err(format!("{text:?} must be a positive size below 16 EiB")),
+        Some(bytes) => Ok(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Parser {
+            file: Path::new("hubhook.toml"),
+            text,
+        }
+        .parse()
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("config should be refused").to_string()
+    }
+
+    const KEY: &str = "[auth]\napi_keys = [\"0123456789abcdef0123\"]\n";
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size(&toml::Value::Integer(10)), Ok(10));
+        assert_eq!(parse_size(&"1MiB".into()), Ok(1 << 20));
+        assert_eq!(parse_size(&"64 KiB".into()), Ok(64 << 10));
+        assert_eq!(parse_size(&"2MB".into()), Ok(2_000_000));
+        assert!(parse_size(&"1XB".into()).is_err());
+        assert!(parse_size(&"0".into()).is_err());
+        assert!(parse_size(&toml::Value::Integer(-1)).is_err());
+    }
+
+    #[test]
+    fn a_full_config() {
+        let config = parse(&format!(
+            "listen = \"0.0.0.0:9000\"\npath = \"/hooks/site\"\nmax_body = \"64KiB\"\n\
+             header_timeout = \"5s\"\n{KEY}\n[[handler]]\nname = \"audit\"\ntype = \"log\"\n\
+             format = \"json\"\nrepo = \"acme/*\"\ntag = \"v*\"\ntimeout = \"10m\"\n"
+        ))
+        .expect("valid config");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.path, "/hooks/site");
+        assert_eq!(config.max_body, 64 << 10);
+        assert_eq!(config.header_timeout, Duration::from_secs(5));
+        assert_eq!(config.handlers.len(), 1);
+        let h = &config.handlers[0];
+        assert_eq!(h.name, "audit");
+        assert_eq!(h.repo.as_deref(), Some("acme/*"));
+        assert_eq!(h.timeout, Some(Duration::from_secs(600)));
+        assert!(matches!(h.kind, HandlerKind::Log { format: LogFormat::Json }));
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        assert_eq!(
+            error(&format!("listen = \"localhost\"\n{KEY}")),
+            "hubhook.toml:1: listen: \"localhost\" is not an address with a port (like \"127.0.0.1:8080\" or \"[::1]:8080\")"
+        );
+        assert_eq!(
+            error(&format!("{KEY}\n[[handler]]\ntype = \"shel\"\n")),
+            "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log)"
+        );
+        assert!(error(&format!("{KEY}[[handler]]\nname = \"x\"\n"))
+            .starts_with("hubhook.toml:3: handler[0].type: missing required key `type`"));
+        assert!(error(&format!("{KEY}[[handler]]\ntype = \"log\"\nformatt = \"json\"\n"))
+            .starts_with("hubhook.toml:5: handler[0].formatt: unknown field `formatt`"));
+        assert!(error(&format!("max_body = \"1XB\"\n{KEY}")).starts_with("hubhook.toml:1: max_body:"));
+        assert!(error(&format!("\nheader_timeout = \"soon\"\n{KEY}"))
+            .starts_with("hubhook.toml:2: header_timeout:"));
+        let unknown = error(&format!("lisen = \"x\"\n{KEY}"));
+        assert!(unknown.starts_with("hubhook.toml:1"), "{unknown}");
+        assert!(unknown.contains("unknown field `lisen`"), "{unknown}");
+        let bad_type = error(&format!("max_connections = \"many\"\n{KEY}"));
+        assert!(bad_type.starts_with("hubhook.toml:1: max_connections:"), "{bad_type}");
+    }
+
+    #[test]
+    fn keys_are_required_unless_waived() {
+        assert!(error("listen = \"127.0.0.1:1\"\n").contains("no API key"));
+        assert!(error("[auth]\napi_keys = [\"short\"]\n").starts_with("hubhook.toml:2: auth.api_keys:"));
+        let open = parse("[auth]\nallow_unauthenticated = true\n").expect("waived");
+        assert!(open.api_keys.is_empty());
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let e = error(&format!("{KEY}[[handler]]\ntype = \"log\"\n[[handler]]\ntype = \"log\"\n"));
+        assert!(e.starts_with("hubhook.toml:5: handler[1].name:"), "{e}");
+    }
+}
