@@ -198,7 +198,11 @@ impl Dispatcher {
         let mut permits = Vec::with_capacity(matching.len());
         for _ in &matching {
             // Dropping `permits` on the way out gives back what was taken.
-            let permit = self.capacity.clone().try_acquire_owned().map_err(|_| Busy)?;
+            let permit = self
+                .capacity
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Busy)?;
             permits.push(permit);
         }
         let msg = Arc::new(msg);
@@ -252,15 +256,18 @@ impl Dispatcher {
     /// rest and waits for them to notice. Returns whether everything finished in time.
     pub(crate) async fn shutdown(&self, grace: Duration) -> bool {
         self.tracker.close();
-        let finished = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        let finished = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
         if !finished {
             tracing::warn!(
                 running = self.tracker.len(),
                 "grace period over, cancelling running handlers"
             );
             self.cancel.cancel();
-            // Cancelled handlers get a moment to clean up (kill children and the like).
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+            // Each run gives its handler CLEANUP to notice; wait a little longer than that.
+            let _ =
+                tokio::time::timeout(CLEANUP + Duration::from_secs(1), self.tracker.wait()).await;
         }
         finished
     }
@@ -274,6 +281,9 @@ impl Dispatcher {
     }
 }
 
+/// How long a handler gets to clean up (kill children, roll back) once told to stop.
+const CLEANUP: Duration = Duration::from_secs(5);
+
 async fn run(
     handler: &dyn Handler,
     msg: &HubMessage,
@@ -281,22 +291,28 @@ async fn run(
     timeout: Option<Duration>,
     cancel: &CancellationToken,
 ) -> Result<Outcome, HandlerError> {
-    let work = CatchUnwind(handler.handle(msg, ctx));
-    let limited = async {
+    let mut work = CatchUnwind(handler.handle(msg, ctx));
+    let stop = async {
         match timeout {
-            Some(limit) => match tokio::time::timeout(limit, work).await {
-                Ok(result) => result,
-                Err(_) => {
-                    cancel.cancel();
-                    Err(HandlerError::Timeout(limit))
-                }
+            Some(limit) => tokio::select! {
+                () = tokio::time::sleep(limit) => HandlerError::Timeout(limit),
+                () = cancel.cancelled() => HandlerError::Cancelled,
             },
-            None => work.await,
+            None => {
+                cancel.cancelled().await;
+                HandlerError::Cancelled
+            }
         }
     };
     tokio::select! {
-        result = limited => result,
-        () = cancel.cancelled() => Err(HandlerError::Cancelled),
+        result = &mut work => result,
+        reason = stop => {
+            // Tell the handler through its context, then give it a moment to clean up
+            // before it is dropped mid-flight. The run counts as stopped either way.
+            cancel.cancel();
+            let _ = tokio::time::timeout(CLEANUP, &mut work).await;
+            Err(reason)
+        }
     }
 }
 

@@ -94,7 +94,9 @@ pub use dispatch::{Pattern, Route};
 pub use error::Error;
 pub use handler::{Context, DeliveryId, Handler, HandlerError, Outcome};
 pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
-pub use message::{EXAMPLE_PAYLOAD, HubMessage, MessageError, PushData, Repository, SOURCE_DOCKERHUB};
+pub use message::{
+    HubMessage, MessageError, PushData, Repository, EXAMPLE_PAYLOAD, SOURCE_DOCKERHUB,
+};
 pub use service::{HubhookService, HubhookServiceBuilder, DEFAULT_MAX_BODY, DEFAULT_PATH};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

@@ -4,12 +4,24 @@
 //! protect the process live here: a cap on open connections (accepting pauses at the cap,
 //! the kernel's backlog holds the rest), a timeout for the TLS handshake and for the
 //! request head (hyper only enforces the latter when given a timer, so it is given one),
-//! and graceful shutdown.
+//! an idle timeout, and graceful shutdown.
+//!
+//! hyper's header timeout starts with the first byte of a request, so a client that
+//! connects and sends nothing, or keeps a connection open between requests, is not bounded
+//! by it. Each connection therefore counts its own traffic ([`Tracked`]) and is closed
+//! gracefully when it has been silent for the header timeout before its first byte, or
+//! for the idle timeout after.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,9 +31,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Error, HubhookService};
 #[cfg(feature = "tls")]
 use crate::TlsConfig;
+use crate::{Error, HubhookService};
 
 /// Serves a [`HubhookService`] over HTTP or HTTPS, HTTP/1.1 and HTTP/2.
 ///
@@ -57,6 +69,7 @@ struct Settings {
     #[cfg(feature = "tls")]
     tls: Option<TlsConfig>,
     header_timeout: Duration,
+    idle_timeout: Duration,
     max_connections: usize,
     grace: Duration,
 }
@@ -100,6 +113,13 @@ impl ListenerBuilder {
     /// headers; default 10 s. The connection is closed when it runs out.
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.settings.header_timeout = timeout;
+        self
+    }
+
+    /// How long a connection may stay silent between requests before it is closed;
+    /// default 60 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.idle_timeout = timeout;
         self
     }
 
@@ -147,6 +167,7 @@ impl Listener {
                 #[cfg(feature = "tls")]
                 tls: None,
                 header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
                 max_connections: 512,
                 grace: Duration::from_secs(30),
             },
@@ -202,8 +223,9 @@ impl Listener {
         http.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(64)
-            .max_header_list_size(64 * 1024)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+            .max_header_list_size(64 * 1024);
+        // No HTTP/2 keep-alive pings: their traffic would keep idle connections "active";
+        // the idle timeout below closes silent connections of both versions instead.
         let http = Arc::new(http);
         let connections = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections));
@@ -244,7 +266,10 @@ impl Listener {
         drop(tcp);
         service.begin_shutdown();
         connections.close();
-        tracing::info!(open = connections.len(), "shutting down: no longer accepting");
+        tracing::info!(
+            open = connections.len(),
+            "shutting down: no longer accepting"
+        );
         if tokio::time::timeout(settings.grace, connections.wait())
             .await
             .is_err()
@@ -274,36 +299,172 @@ impl Connection {
         if let Some(tls) = &self.settings.tls {
             let handshake = tls.acceptor().accept(stream);
             match tokio::time::timeout(self.settings.header_timeout, handshake).await {
-                Ok(Ok(stream)) => self.serve_io(TokioIo::new(stream), peer).await,
+                Ok(Ok(stream)) => self.serve_io(stream, peer).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
             return;
         }
-        self.serve_io(TokioIo::new(stream), peer).await;
+        self.serve_io(stream, peer).await;
     }
 
-    async fn serve_io<I>(self, io: TokioIo<I>, peer: SocketAddr)
+    async fn serve_io<I>(self, io: I, peer: SocketAddr)
     where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let service = self.service.clone();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counter = in_flight.clone();
         let svc = service_fn(move |req| {
             let service = service.clone();
-            async move { Ok::<_, std::convert::Infallible>(service.respond(req).await) }
+            let guard = InFlight::enter(&counter);
+            async move {
+                let response = service.respond(req).await;
+                drop(guard);
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
+        let started = Instant::now();
+        let activity = Arc::new(AtomicU64::new(0));
+        let io = TokioIo::new(Tracked {
+            inner: io,
+            started,
+            activity: activity.clone(),
+        });
+        let last_activity = || match activity.load(Ordering::Relaxed) {
+            0 => None,
+            millis => Some(started + Duration::from_millis(millis)),
+        };
         let conn = self.http.serve_connection(io, svc);
         tokio::pin!(conn);
-        let result = tokio::select! {
-            result = conn.as_mut() => result,
-            () = self.shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        let mut closing = false;
+        let result = loop {
+            let (header, idle) = (self.settings.header_timeout, self.settings.idle_timeout);
+            let deadline = match (closing, last_activity()) {
+                (true, _) => Instant::now() + QUIET,
+                // Before the first byte the header timeout applies; wake no later than the
+                // idle timeout too, so a first request that arrives meanwhile starts that clock.
+                (false, None) => started + header.min(idle),
+                (false, Some(last)) => last + idle,
+            };
+            tokio::select! {
+                result = conn.as_mut() => break result,
+                () = tokio::time::sleep_until(deadline) => {
+                    let silent = match (closing, last_activity()) {
+                        (true, last) => last.unwrap_or(started).elapsed() >= QUIET,
+                        (false, None) => started.elapsed() >= header,
+                        (false, Some(last)) => last.elapsed() >= idle,
+                    };
+                    if closing {
+                        // hyper keeps an HTTP/1 connection that is between requests open
+                        // after graceful_shutdown until the next request arrives (hyper
+                        // #2730); close it ourselves once nothing is in flight or moving.
+                        if silent && in_flight.load(Ordering::Acquire) == 0 {
+                            break Ok(());
+                        }
+                    } else if silent {
+                        tracing::debug!(%peer, "closing a silent connection");
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+                () = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         };
         if let Err(e) = result {
             // Client resets and header timeouts end up here; they are the client's business.
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+/// How long a closing connection must be silent, with no request in flight, before it is
+/// dropped.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// Counts a request as in flight on its connection until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An IO stream that notes when bytes last moved, in milliseconds since `started`
+/// (at least 1, so 0 can mean "nothing yet").
+struct Tracked<I> {
+    inner: I,
+    started: Instant,
+    activity: Arc<AtomicU64>,
+}
+
+impl<I> Tracked<I> {
+    fn touch(&self) {
+        let millis = self.started.elapsed().as_millis().max(1) as u64;
+        self.activity.store(millis, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

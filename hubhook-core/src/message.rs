@@ -200,7 +200,9 @@ impl HubMessage {
         let repo_name = match string(repo, "repo_name") {
             Some(full) => full,
             None if name.is_empty() => {
-                return Err(MessageError::Shape("repository has no repo_name and no name"))
+                return Err(MessageError::Shape(
+                    "repository has no repo_name and no name",
+                ))
             }
             None => match &namespace {
                 Some(ns) => format!("{ns}/{name}"),
@@ -397,9 +399,11 @@ fn timestamp(obj: &Map<String, Value>, key: &str) -> Option<i64> {
 
 fn count(obj: &Map<String, Value>, key: &str) -> Option<u64> {
     match obj.get(key)? {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && *f < 1e15).map(|f| f as u64)),
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| *f >= 0.0 && *f < 1e15)
+                .map(|f| f as u64)
+        }),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -413,7 +417,10 @@ mod tests {
     fn split_registry_only_takes_hosts() {
         assert_eq!(split_registry("a/b"), (None, "a/b"));
         assert_eq!(split_registry("ghcr.io/a/b"), (Some("ghcr.io"), "a/b"));
-        assert_eq!(split_registry("localhost:5000/a"), (Some("localhost:5000"), "a"));
+        assert_eq!(
+            split_registry("localhost:5000/a"),
+            (Some("localhost:5000"), "a")
+        );
     }
 
     #[test]

@@ -91,17 +91,29 @@ impl Metrics {
         out.push_str("# HELP hubhook_requests_total HTTP requests answered, by status code.\n");
         out.push_str("# TYPE hubhook_requests_total counter\n");
         for (status, n) in STATUSES.iter().zip(&self.requests) {
-            let _ = writeln!(out, "hubhook_requests_total{{status=\"{status}\"}} {}", load(n));
+            let _ = writeln!(
+                out,
+                "hubhook_requests_total{{status=\"{status}\"}} {}",
+                load(n)
+            );
         }
         let _ = writeln!(
             out,
             "hubhook_requests_total{{status=\"other\"}} {}",
             load(&self.requests[STATUSES.len()])
         );
-        out.push_str("# HELP hubhook_deliveries_accepted_total Webhooks accepted (answered 202).\n");
+        out.push_str(
+            "# HELP hubhook_deliveries_accepted_total Webhooks accepted (answered 202).\n",
+        );
         out.push_str("# TYPE hubhook_deliveries_accepted_total counter\n");
-        let _ = writeln!(out, "hubhook_deliveries_accepted_total {}", load(&self.accepted));
-        out.push_str("# HELP hubhook_handler_runs_total Finished handler runs, by handler and outcome.\n");
+        let _ = writeln!(
+            out,
+            "hubhook_deliveries_accepted_total {}",
+            load(&self.accepted)
+        );
+        out.push_str(
+            "# HELP hubhook_handler_runs_total Finished handler runs, by handler and outcome.\n",
+        );
         out.push_str("# TYPE hubhook_handler_runs_total counter\n");
         for (name, h) in &self.handlers {
             let name = escape(name);
@@ -139,7 +151,9 @@ impl Metrics {
                 "hubhook_handler_duration_seconds_count{{handler=\"{name}\"}} {count}"
             );
         }
-        out.push_str("# HELP hubhook_handler_runs_in_progress Handler runs started and not finished.\n");
+        out.push_str(
+            "# HELP hubhook_handler_runs_in_progress Handler runs started and not finished.\n",
+        );
         out.push_str("# TYPE hubhook_handler_runs_in_progress gauge\n");
         let _ = writeln!(out, "hubhook_handler_runs_in_progress {running}");
         out
@@ -175,12 +189,10 @@ mod tests {
         assert!(text.contains("hubhook_requests_total{status=\"other\"} 1\n"));
         assert!(text.contains("hubhook_handler_runs_total{handler=\"log\",outcome=\"ok\"} 1\n"));
         assert!(text.contains("hubhook_handler_runs_total{handler=\"log\",outcome=\"panic\"} 1\n"));
-        assert!(text.contains(
-            "hubhook_handler_duration_seconds_bucket{handler=\"log\",le=\"0.025\"} 1\n"
-        ));
-        assert!(text.contains(
-            "hubhook_handler_duration_seconds_bucket{handler=\"log\",le=\"0.1\"} 2\n"
-        ));
+        assert!(text
+            .contains("hubhook_handler_duration_seconds_bucket{handler=\"log\",le=\"0.025\"} 1\n"));
+        assert!(text
+            .contains("hubhook_handler_duration_seconds_bucket{handler=\"log\",le=\"0.1\"} 2\n"));
         assert!(text.contains("hubhook_handler_duration_seconds_count{handler=\"log\"} 2\n"));
         assert!(text.contains("handler=\"we\\\"ird\""));
         assert!(text.contains("hubhook_handler_runs_in_progress 3\n"));

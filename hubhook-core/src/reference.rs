@@ -58,8 +58,8 @@ pub(crate) fn check_name(name: &str) -> Result<(), ReferenceError> {
     let rest: Vec<&str> = parts.collect();
     // Like Distribution: the first part is a domain only if more parts follow and it
     // looks like a host (has a '.', a ':' or is "localhost").
-    let first_is_domain = !rest.is_empty()
-        && (first.contains('.') || first.contains(':') || first == "localhost");
+    let first_is_domain =
+        !rest.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
     if first_is_domain {
         if !is_domain(first) {
             return Err(ReferenceError::BadComponent);
@@ -84,7 +84,11 @@ pub(crate) fn check_tag(tag: &str) -> Result<(), ReferenceError> {
     }
     let bytes = tag.as_bytes();
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    if word(bytes[0]) && bytes[1..].iter().all(|&b| word(b) || b == b'.' || b == b'-') {
+    if word(bytes[0])
+        && bytes[1..]
+            .iter()
+            .all(|&b| word(b) || b == b'.' || b == b'-')
+    {
         Ok(())
     } else {
         Err(ReferenceError::BadTag)

@@ -203,9 +203,7 @@ impl HubhookService {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let response = self.route(req).await;
-        self.inner
-            .metrics
-            .record_status(response.status().as_u16());
+        self.inner.metrics.record_status(response.status().as_u16());
         response
     }
 
@@ -224,13 +222,13 @@ impl HubhookService {
             METRICS_PATH if readable => text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.inner
-                    .metrics
-                    .render(self.inner.dispatcher.running()),
+                self.inner.metrics.render(self.inner.dispatcher.running()),
             ),
-            HEALTH_PATH | METRICS_PATH => {
-                with_header(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"), ALLOW, "GET, HEAD")
-            }
+            HEALTH_PATH | METRICS_PATH => with_header(
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+                ALLOW,
+                "GET, HEAD",
+            ),
             _ => error(StatusCode::NOT_FOUND, "not found"),
         }
     }
@@ -241,12 +239,19 @@ impl HubhookService {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         if req.method() != Method::POST {
-            return with_header(error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"), ALLOW, "POST");
+            return with_header(
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+                ALLOW,
+                "POST",
+            );
         }
         let (parts, body) = req.into_parts();
         if !self.inner.keys.is_empty() && !self.inner.keys.allows(&parts) {
             // One body for every way of failing, so a probe learns nothing about keys.
-            tracing::info!(path = parts.uri.path(), "refused a request without a valid key");
+            tracing::info!(
+                path = parts.uri.path(),
+                "refused a request without a valid key"
+            );
             return error(StatusCode::UNAUTHORIZED, "unauthorized");
         }
         if let Some(kind) = parts.headers.get(CONTENT_TYPE) {
@@ -273,7 +278,10 @@ impl HubhookService {
             }
             Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "could not read the body"),
             Err(_) => {
-                return error(StatusCode::REQUEST_TIMEOUT, "the body took too long to arrive")
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body took too long to arrive",
+                )
             }
         };
         if self.inner.draining.load(Ordering::Acquire) {
@@ -334,8 +342,14 @@ fn is_json(value: &HeaderValue) -> bool {
     let Ok(value) = value.to_str() else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -415,7 +429,12 @@ mod tests {
         ] {
             assert!(is_json(&HeaderValue::from_static(ok)), "{ok}");
         }
-        for bad in ["text/plain", "application/x-www-form-urlencoded", "json", ""] {
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "json",
+            "",
+        ] {
             assert!(!is_json(&HeaderValue::from_static(bad)), "{bad}");
         }
     }

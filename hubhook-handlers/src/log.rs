@@ -174,7 +174,10 @@ mod tests {
             .expect("log handler succeeds");
         let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
         assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(text.contains(r#"by "eve\npush evil/site:latest by admin""#), "{text}");
+        assert!(
+            text.contains(r#"by "eve\npush evil/site:latest by admin""#),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -189,7 +192,8 @@ mod tests {
             .await
             .expect("log handler succeeds");
         let text = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf8");
-        let value: serde_json::Value = serde_json::from_str(text.trim_end()).expect("one JSON line");
+        let value: serde_json::Value =
+            serde_json::from_str(text.trim_end()).expect("one JSON line");
         assert_eq!(value["repo"], "acme/site");
         assert_eq!(value["tag"], "v2");
         assert_eq!(value["pusher"], "alice");

@@ -103,7 +103,9 @@ impl Config {
     pub(crate) fn defaults() -> Self {
         Self {
             file: None,
-            listen: DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
             path: hubhook_core::DEFAULT_PATH.to_owned(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             max_body: hubhook_core::DEFAULT_MAX_BODY,
@@ -188,7 +190,10 @@ impl Parser<'_> {
         let de = toml::Deserializer::new(self.text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             // Spanned<T> shows up in the path as a private field; the user never wrote it.
-            let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let path = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             ConfigError {
                 file: self.file.to_owned(),
@@ -213,9 +218,13 @@ impl Parser<'_> {
         if let Some(path) = &raw.path {
             let p = path.get_ref();
             if !p.starts_with('/') || p.contains(['?', '#']) || p == "/healthz" || p == "/metrics" {
-                return Err(self.error_at(path.span(), "path", format!(
-                    "{p:?} must start with '/', have no query, and not be /healthz or /metrics"
-                )));
+                return Err(self.error_at(
+                    path.span(),
+                    "path",
+                    format!(
+                        "{p:?} must start with '/', have no query, and not be /healthz or /metrics"
+                    ),
+                ));
             }
             config.path = p.clone();
         }
@@ -237,7 +246,11 @@ impl Parser<'_> {
                 .ok()
                 .filter(|n| *n > 0)
                 .ok_or_else(|| {
-                    self.error_at(n.span(), "max_connections", "must be a positive number".into())
+                    self.error_at(
+                        n.span(),
+                        "max_connections",
+                        "must be a positive number".into(),
+                    )
                 })?;
         }
 
@@ -248,9 +261,11 @@ impl Parser<'_> {
         if let Some(file) = &raw.auth.api_keys_file {
             let path = base.join(file.get_ref());
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                self.error_at(file.span(), "auth.api_keys_file", format!(
-                    "cannot read {}: {e}", path.display()
-                ))
+                self.error_at(
+                    file.span(),
+                    "auth.api_keys_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
             })?;
             for (i, line) in text.lines().enumerate() {
                 let key = line.trim();
@@ -258,10 +273,15 @@ impl Parser<'_> {
                     continue;
                 }
                 if key.len() < MIN_KEY_LEN {
-                    return Err(self.error_at(file.span(), "auth.api_keys_file", format!(
-                        "line {} of {} holds a key shorter than {MIN_KEY_LEN} characters",
-                        i + 1, path.display()
-                    )));
+                    return Err(self.error_at(
+                        file.span(),
+                        "auth.api_keys_file",
+                        format!(
+                            "line {} of {} holds a key shorter than {MIN_KEY_LEN} characters",
+                            i + 1,
+                            path.display()
+                        ),
+                    ));
                 }
                 config.api_keys.push(key.to_owned());
             }
@@ -299,19 +319,29 @@ impl Parser<'_> {
             .map(|(i, table)| self.handler(i, table))
             .collect::<Result<_, _>>()?;
         for (i, h) in config.handlers.iter().enumerate() {
-            if config.handlers[..i].iter().any(|other| other.name == h.name) {
+            if config.handlers[..i]
+                .iter()
+                .any(|other| other.name == h.name)
+            {
                 let table = &raw.handlers[i];
                 return Err(self.error_at(
                     self.key_span(table, "name"),
                     &format!("handler[{i}].name"),
-                    format!("another handler is already named {:?}; names must be unique", h.name),
+                    format!(
+                        "another handler is already named {:?}; names must be unique",
+                        h.name
+                    ),
                 ));
             }
         }
         Ok(config)
     }
 
-    fn handler(&self, index: usize, table: &Spanned<toml::Table>) -> Result<HandlerSpec, ConfigError> {
+    fn handler(
+        &self,
+        index: usize,
+        table: &Spanned<toml::Table>,
+    ) -> Result<HandlerSpec, ConfigError> {
         let key = |k: &str| format!("handler[{index}].{k}");
         let mut rest = table.get_ref().clone();
         let mut take_string = |k: &str| -> Result<Option<String>, ConfigError> {
@@ -329,7 +359,10 @@ impl Parser<'_> {
             return Err(self.error_at(
                 table.span(),
                 &key("type"),
-                format!("missing required key `type` (one of: {})", HANDLER_TYPES.join(", ")),
+                format!(
+                    "missing required key `type` (one of: {})",
+                    HANDLER_TYPES.join(", ")
+                ),
             ));
         };
         let name = take_string("name")?.unwrap_or_else(|| kind.clone());
@@ -338,9 +371,11 @@ impl Parser<'_> {
         let timeout = take_string("timeout")?
             .map(|t| {
                 humantime::parse_duration(&t).map_err(|e| {
-                    self.error_at(self.key_span(table, "timeout"), &key("timeout"), format!(
-                        "{t:?} is not a duration like \"30s\" or \"10m\": {e}"
-                    ))
+                    self.error_at(
+                        self.key_span(table, "timeout"),
+                        &key("timeout"),
+                        format!("{t:?} is not a duration like \"30s\" or \"10m\": {e}"),
+                    )
                 })
             })
             .transpose()?;
@@ -422,10 +457,14 @@ impl Parser<'_> {
 
     fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
         humantime::parse_duration(value.get_ref()).map_err(|e| {
-            self.error_at(value.span(), key, format!(
-                "{:?} is not a duration like \"30s\" or \"10m\": {e}",
-                value.get_ref()
-            ))
+            self.error_at(
+                value.span(),
+                key,
+                format!(
+                    "{:?} is not a duration like \"30s\" or \"10m\": {e}",
+                    value.get_ref()
+                ),
+            )
         })
     }
 
@@ -486,7 +525,11 @@ fn parse_size(value: &toml::Value) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        _ => return Err(format!("{text:?} has an unknown unit (use B, KiB, MiB, KB or MB)")),
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit (use B, KiB, MiB, KB or MB)"
+            ))
+        }
     };
     match number.checked_mul(factor) {
         Some(0) | None => Err(format!("{text:?} must be a positive size below 16 EiB")),
@@ -507,7 +550,9 @@ mod tests {
     }
 
     fn error(text: &str) -> String {
-        parse(text).expect_err("config should be refused").to_string()
+        parse(text)
+            .expect_err("config should be refused")
+            .to_string()
     }
 
     const KEY: &str = "[auth]\napi_keys = [\"0123456789abcdef0123\"]\n";
@@ -540,7 +585,12 @@ mod tests {
         assert_eq!(h.name, "audit");
         assert_eq!(h.repo.as_deref(), Some("acme/*"));
         assert_eq!(h.timeout, Some(Duration::from_secs(600)));
-        assert!(matches!(h.kind, HandlerKind::Log { format: LogFormat::Json }));
+        assert!(matches!(
+            h.kind,
+            HandlerKind::Log {
+                format: LogFormat::Json
+            }
+        ));
     }
 
     #[test]
@@ -555,29 +605,40 @@ mod tests {
         );
         assert!(error(&format!("{KEY}[[handler]]\nname = \"x\"\n"))
             .starts_with("hubhook.toml:3: handler[0].type: missing required key `type`"));
-        assert!(error(&format!("{KEY}[[handler]]\ntype = \"log\"\nformatt = \"json\"\n"))
-            .starts_with("hubhook.toml:5: handler[0].formatt: unknown field `formatt`"));
-        assert!(error(&format!("max_body = \"1XB\"\n{KEY}")).starts_with("hubhook.toml:1: max_body:"));
+        assert!(error(&format!(
+            "{KEY}[[handler]]\ntype = \"log\"\nformatt = \"json\"\n"
+        ))
+        .starts_with("hubhook.toml:5: handler[0].formatt: unknown field `formatt`"));
+        assert!(
+            error(&format!("max_body = \"1XB\"\n{KEY}")).starts_with("hubhook.toml:1: max_body:")
+        );
         assert!(error(&format!("\nheader_timeout = \"soon\"\n{KEY}"))
             .starts_with("hubhook.toml:2: header_timeout:"));
         let unknown = error(&format!("lisen = \"x\"\n{KEY}"));
         assert!(unknown.starts_with("hubhook.toml:1"), "{unknown}");
         assert!(unknown.contains("unknown field `lisen`"), "{unknown}");
         let bad_type = error(&format!("max_connections = \"many\"\n{KEY}"));
-        assert!(bad_type.starts_with("hubhook.toml:1: max_connections:"), "{bad_type}");
+        assert!(
+            bad_type.starts_with("hubhook.toml:1: max_connections:"),
+            "{bad_type}"
+        );
     }
 
     #[test]
     fn keys_are_required_unless_waived() {
         assert!(error("listen = \"127.0.0.1:1\"\n").contains("no API key"));
-        assert!(error("[auth]\napi_keys = [\"short\"]\n").starts_with("hubhook.toml:2: auth.api_keys:"));
+        assert!(
+            error("[auth]\napi_keys = [\"short\"]\n").starts_with("hubhook.toml:2: auth.api_keys:")
+        );
         let open = parse("[auth]\nallow_unauthenticated = true\n").expect("waived");
         assert!(open.api_keys.is_empty());
     }
 
     #[test]
     fn duplicate_names_are_refused() {
-        let e = error(&format!("{KEY}[[handler]]\ntype = \"log\"\n[[handler]]\ntype = \"log\"\n"));
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"log\"\n[[handler]]\ntype = \"log\"\n"
+        ));
         assert!(e.starts_with("hubhook.toml:5: handler[1].name:"), "{e}");
     }
 }

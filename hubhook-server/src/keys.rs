@@ -31,7 +31,10 @@ pub(crate) fn load_or_create(data_dir: &Path) -> io::Result<(String, PathBuf, bo
             if key.len() < 16 {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{} holds no usable key (delete it to make a new one)", path.display()),
+                    format!(
+                        "{} holds no usable key (delete it to make a new one)",
+                        path.display()
+                    ),
                 ));
             }
             if let Ok(meta) = fs::metadata(&path) {
@@ -49,7 +52,10 @@ pub(crate) fn load_or_create(data_dir: &Path) -> io::Result<(String, PathBuf, bo
         .mode(0o700)
         .create(data_dir)
         .map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot create the data dir {}: {e}", data_dir.display()))
+            io::Error::new(
+                e.kind(),
+                format!("cannot create the data dir {}: {e}", data_dir.display()),
+            )
         })?;
     let key = generate()?;
     // create_new: two servers starting at once cannot both write a key.
@@ -75,7 +81,9 @@ mod tests {
         let b = generate().expect("key");
         assert_ne!(a, b);
         assert_eq!(a.len(), 43);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 
     #[test]
@@ -84,7 +92,10 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let (first, path, created) = load_or_create(&dir).expect("made");
         assert!(created);
-        assert_eq!(fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
         let (again, _, created) = load_or_create(&dir).expect("read back");
         assert!(!created);
         assert_eq!(first, again);

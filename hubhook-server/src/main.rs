@@ -87,8 +87,16 @@ fn main() -> ExitCode {
                     config.file.as_deref().unwrap_or(&config.data_dir).display(),
                     config.listen,
                     config.path,
-                    if config.tls.is_some() { "TLS" } else { "plain HTTP" },
-                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                    if config.tls.is_some() {
+                        "TLS"
+                    } else {
+                        "plain HTTP"
+                    },
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
                 );
                 ExitCode::SUCCESS
             }
@@ -132,7 +140,10 @@ fn main() -> ExitCode {
 
 /// Runs `work` on a runtime and turns its error into a message and exit status 1.
 fn run(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -204,7 +215,8 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         .max_connections(config.max_connections)
         .shutdown_grace(config.shutdown_grace);
     if let Some(tls) = &config.tls {
-        listener = listener.tls(TlsConfig::from_pem_files(&tls.cert, &tls.key).map_err(|e| e.to_string())?);
+        listener = listener
+            .tls(TlsConfig::from_pem_files(&tls.cert, &tls.key).map_err(|e| e.to_string())?);
     }
     let listener = listener.bind().await.map_err(|e| e.to_string())?;
     let scheme = if listener.is_tls() { "https" } else { "http" };
@@ -215,7 +227,11 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         config.path,
         if listener.is_tls() { "on" } else { "off" },
         handlers.len(),
-        if handlers.is_empty() { "none".to_owned() } else { handlers.join(", ") },
+        if handlers.is_empty() {
+            "none".to_owned()
+        } else {
+            handlers.join(", ")
+        },
     );
     if let Some((new_key, path)) = announce {
         // The key goes to stdout for the operator to copy, never through the log.

@@ -25,24 +25,35 @@ pub(crate) async fn send(
     key: Option<&str>,
     cacert: Option<&Path>,
 ) -> Result<Answer, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
         _ => return Err(format!("{url:?} must start with http:// or https://")),
     };
-    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?.to_owned();
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url:?} has no host"))?
+        .to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_owned())
         .unwrap_or_else(|| host.clone());
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
 
     let mut request = Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
         .header(http::header::HOST, authority)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::USER_AGENT, concat!("hubhook/", env!("CARGO_PKG_VERSION")));
+        .header(
+            http::header::USER_AGENT,
+            concat!("hubhook/", env!("CARGO_PKG_VERSION")),
+        );
     if let Some(key) = key {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
     }

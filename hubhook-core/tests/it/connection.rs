@@ -1,0 +1,230 @@
+//! Transport behaviour: HTTP/2, header timeouts, the connection cap, TLS files.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hubhook_core::{Error, HubhookService, TlsConfig, EXAMPLE_PAYLOAD};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+
+use crate::support::*;
+
+async fn h2_post(server: &TestServer, alpn: &[&[u8]]) -> (u16, String) {
+    let io = server.connect_alpn(alpn).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let scheme = if server.transport == Transport::Tls {
+        "https"
+    } else {
+        "http"
+    };
+    let request = http::Request::post(format!("{scheme}://localhost/hubhook?apikey={KEY}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(EXAMPLE_PAYLOAD.as_bytes())))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 response");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn http2_over_tls_by_alpn_and_in_the_clear() {
+    for transport in TRANSPORTS {
+        let (service, mut rx) = recording_service();
+        let server = TestServer::start(service, transport).await;
+        let (status, body) = h2_post(&server, &[b"h2"]).await;
+        assert_eq!(status, 202, "{transport:?}: {body}");
+        let (_, delivery) = next(&mut rx).await;
+        assert!(body.contains(&delivery));
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_request_head_is_cut_off() {
+    for transport in TRANSPORTS {
+        let (service, _rx) = recording_service();
+        let server = TestServer::start_with(service, transport, |b| {
+            b.header_timeout(Duration::from_millis(300))
+        })
+        .await;
+        // Half a head, then nothing.
+        let mut io = server.connect().await;
+        io.write_all(b"POST /hubhook HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        assert!(
+            closes_within(&mut io, Duration::from_secs(10)).await,
+            "{transport:?}: the header timeout closes the connection"
+        );
+        // Not a single byte.
+        let mut io = server.connect().await;
+        assert!(
+            closes_within(&mut io, Duration::from_secs(10)).await,
+            "{transport:?}: a silent connection is closed too"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_client_cannot_hold_a_tls_handshake_open() {
+    let (service, _rx) = recording_service();
+    let server = TestServer::start_with(service, Transport::Tls, |b| {
+        b.header_timeout(Duration::from_millis(300))
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    assert!(closes_within(&mut tcp, Duration::from_secs(10)).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    let (service, mut rx) = recording_service();
+    let server = TestServer::start_with(service, Transport::Plain, |b| b.max_connections(1)).await;
+    // The first connection holds the only slot, mid-request.
+    let mut first = server.connect().await;
+    first
+        .write_all(b"POST /hubhook HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The second is accepted by the kernel but not served...
+    let mut second = server.connect().await;
+    second
+        .write_all(&post_bytes(
+            &format!("/hubhook?apikey={KEY}"),
+            &[],
+            EXAMPLE_PAYLOAD.as_bytes(),
+        ))
+        .await
+        .expect("write");
+    let early = tokio::time::timeout(Duration::from_millis(500), read_response(&mut second)).await;
+    assert!(early.is_err(), "no answer while the cap is reached");
+    // ...until the first goes away.
+    drop(first);
+    let r = tokio::time::timeout(Duration::from_secs(10), read_response(&mut second))
+        .await
+        .expect("served once a slot is free")
+        .expect("a response");
+    assert_eq!(r.status, 202);
+    next(&mut rx).await;
+    server.stop().await;
+}
+
+#[test]
+fn tls_files_are_checked_with_the_path_in_the_error() {
+    let dir = std::env::temp_dir().join(format!("hubhook-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cert = TestCert::new();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, &cert.cert_pem).expect("write cert");
+    std::fs::write(&key_path, &cert.key_pem).expect("write key");
+    TlsConfig::from_pem_files(&cert_path, &key_path).expect("good pair loads");
+
+    let missing = dir.join("missing.pem");
+    let e = TlsConfig::from_pem_files(&missing, &key_path).expect_err("missing cert");
+    assert!(
+        matches!(&e, Error::Tls { what: "certificate", path, .. } if *path == missing),
+        "{e}"
+    );
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+
+    let e = TlsConfig::from_pem_files(&cert_path, &cert_path).expect_err("a cert is no key");
+    assert!(
+        matches!(&e, Error::Tls { what: "key", path, .. } if *path == cert_path),
+        "{e}"
+    );
+
+    let other = TestCert::new();
+    std::fs::write(&key_path, &other.key_pem).expect("write other key");
+    let e = TlsConfig::from_pem_files(&cert_path, &key_path).expect_err("mismatched pair");
+    assert!(e.to_string().contains("does not fit the key"), "{e}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn building_refuses_unsafe_settings() {
+    assert!(matches!(
+        HubhookService::builder().build(),
+        Err(Error::NoApiKey)
+    ));
+    assert!(HubhookService::builder()
+        .allow_unauthenticated(true)
+        .build()
+        .is_ok());
+    for path in ["hubhook", "/healthz", "/metrics", "/a?b"] {
+        assert!(
+            matches!(
+                HubhookService::builder().api_key(KEY).path(path).build(),
+                Err(Error::InvalidPath(_))
+            ),
+            "{path}"
+        );
+    }
+    let (a, _) = Recorder::new("same");
+    let (b, _) = Recorder::new("same");
+    let e = HubhookService::builder()
+        .api_key(KEY)
+        .handler(a)
+        .handler(b)
+        .build();
+    assert!(matches!(e, Err(Error::DuplicateHandler(name)) if name == "same"));
+}
+
+#[tokio::test]
+async fn binding_a_taken_port_names_the_address() {
+    let (service, _rx) = recording_service();
+    let taken = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let e = hubhook_core::Listener::builder(service)
+        .addr(addr)
+        .bind()
+        .await
+        .expect_err("port in use");
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    for transport in TRANSPORTS {
+        let (service, mut rx) = recording_service();
+        let server = TestServer::start_with(service, transport, |b| {
+            b.idle_timeout(Duration::from_millis(300))
+        })
+        .await;
+        let mut io = server.connect().await;
+        io.write_all(&post_bytes(
+            &format!("/hubhook?apikey={KEY}"),
+            &[],
+            EXAMPLE_PAYLOAD.as_bytes(),
+        ))
+        .await
+        .expect("write");
+        let r = read_response(&mut io).await.expect("response");
+        assert_eq!(r.status, 202);
+        assert_eq!(r.header("connection"), None, "kept alive after the answer");
+        next(&mut rx).await;
+        assert!(
+            closes_within(&mut io, Duration::from_secs(10)).await,
+            "{transport:?}: the idle connection is closed"
+        );
+        server.stop().await;
+    }
+}
