@@ -90,6 +90,11 @@ mod service;
 mod tls;
 
 pub use async_trait::async_trait;
+
+// The README's example must compile.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 pub use dispatch::{Pattern, Route};
 pub use error::Error;
 pub use handler::{Context, DeliveryId, Handler, HandlerError, Outcome};
