@@ -312,12 +312,16 @@ impl Parser<'_> {
             config.tls = Some(TlsFiles { cert, key });
         }
 
-        config.handlers = raw
-            .handlers
-            .iter()
-            .enumerate()
-            .map(|(i, table)| self.handler(i, table))
-            .collect::<Result<_, _>>()?;
+        // No [[handler]] at all keeps the default log handler: a hook that does nothing
+        // with what it accepts is never what anyone wants.
+        if !raw.handlers.is_empty() {
+            config.handlers = raw
+                .handlers
+                .iter()
+                .enumerate()
+                .map(|(i, table)| self.handler(i, table))
+                .collect::<Result<_, _>>()?;
+        }
         for (i, h) in config.handlers.iter().enumerate() {
             if config.handlers[..i]
                 .iter()

@@ -1,0 +1,166 @@
+//! `hubhook check` on good and broken files: exit status and the exact message.
+
+use crate::support::*;
+
+/// Runs `hubhook check` on `text` and returns (exit code, stdout, stderr).
+fn check(dir: &TempDir, text: &str) -> (i32, String, String) {
+    dir.write("hubhook.toml", text);
+    let out = hubhook(&["check", "--config", "hubhook.toml"], dir.path());
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn refused(dir: &TempDir, text: &str) -> String {
+    let (code, stdout, stderr) = check(dir, text);
+    assert_eq!(
+        code, 1,
+        "check should fail for:\n{text}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+    stderr.trim_end().to_owned()
+}
+
+const AUTH: &str = "[auth]\napi_keys = [\"0123456789abcdef0123\"]\n";
+
+#[test]
+fn a_good_file_passes() {
+    let dir = TempDir::new("check-good");
+    let (code, stdout, stderr) = check(
+        &dir,
+        &format!("listen = \"127.0.0.1:9999\"\n{AUTH}\n[[handler]]\nname = \"audit\"\ntype = \"log\"\nformat = \"json\"\n"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim_end(),
+        "hubhook.toml: ok; listens on 127.0.0.1:9999/hubhook (plain HTTP), handlers: audit (log)"
+    );
+    assert!(
+        !stdout.contains("0123456789abcdef"),
+        "check never prints keys"
+    );
+}
+
+#[test]
+fn broken_files_name_file_line_and_key() {
+    let dir = TempDir::new("check-broken");
+    let cases: Vec<(String, &str)> = vec![
+        // Not TOML at all.
+        (
+            format!("{AUTH}listen = \"127.0.0.1:80\nx = 1\n"),
+            "error: hubhook.toml:3: invalid basic string",
+        ),
+        // Unknown handler type.
+        (
+            format!("{AUTH}\n[[handler]]\nname = \"deploy\"\ntype = \"shel\"\n"),
+            "error: hubhook.toml:6: handler[0].type: unknown handler type \"shel\" (expected one of: log)",
+        ),
+        // Bad listen address.
+        (
+            format!("listen = \"localhost\"\n{AUTH}"),
+            "error: hubhook.toml:1: listen: \"localhost\" is not an address with a port (like \"127.0.0.1:8080\" or \"[::1]:8080\")",
+        ),
+        (
+            format!("listen = \"127.0.0.1:99999\"\n{AUTH}"),
+            "error: hubhook.toml:1: listen: \"127.0.0.1:99999\" is not an address with a port",
+        ),
+        // Missing required key.
+        (
+            format!("{AUTH}\n[[handler]]\nname = \"audit\"\n"),
+            "error: hubhook.toml:4: handler[0].type: missing required key `type` (one of: log)",
+        ),
+        (
+            format!("{AUTH}\n[tls]\nkey = \"key.pem\"\n"),
+            "error: hubhook.toml:4: tls: missing field `cert`",
+        ),
+        // Unreadable certificate and key files.
+        (
+            format!("{AUTH}\n[tls]\ncert = \"missing-cert.pem\"\nkey = \"missing-key.pem\"\n"),
+            "error: hubhook.toml:5: tls.cert: TLS certificate ",
+        ),
+        // A key that is misspelled, and a value of the wrong type.
+        (
+            format!("lisen = \"127.0.0.1:1\"\n{AUTH}"),
+            "error: hubhook.toml:1: lisen: unknown field `lisen`, expected one of `listen`",
+        ),
+        (
+            format!("max_body = \"lots\"\n{AUTH}"),
+            "error: hubhook.toml:1: max_body: \"lots\" is not a size",
+        ),
+        (
+            format!("{AUTH}\n[[handler]]\ntype = \"log\"\ntag = 5\n"),
+            "error: hubhook.toml:6: handler[0].tag: must be a string, not integer",
+        ),
+        // No key at all.
+        (
+            "listen = \"127.0.0.1:1\"\n".to_owned(),
+            "error: hubhook.toml: auth: no API key",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = refused(&dir, &text);
+        assert!(
+            got.starts_with(want),
+            "for:\n{text}\nwant: {want}\ngot:  {got}"
+        );
+    }
+}
+
+#[test]
+fn unreadable_cert_and_key_files_are_named() {
+    let dir = TempDir::new("check-tls");
+    let got = refused(
+        &dir,
+        &format!("{AUTH}\n[tls]\ncert = \"nope/cert.pem\"\nkey = \"nope/key.pem\"\n"),
+    );
+    assert!(
+        got.contains("nope/cert.pem: cannot be read: No such file or directory"),
+        "{got}"
+    );
+
+    // The certificate is fine, the key file is missing: the key is named.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    dir.write("cert.pem", &cert.cert.pem());
+    let got = refused(
+        &dir,
+        &format!("{AUTH}\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"),
+    );
+    assert!(
+        got.starts_with("error: hubhook.toml:6: tls.key: TLS key "),
+        "{got}"
+    );
+    assert!(got.contains("key.pem: cannot be read"), "{got}");
+
+    // A file that exists but holds no key.
+    dir.write("key.pem", "not a key\n");
+    let got = refused(
+        &dir,
+        &format!("{AUTH}\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"),
+    );
+    assert!(
+        got.starts_with("error: hubhook.toml:6: tls.key: TLS key "),
+        "{got}"
+    );
+    assert!(got.contains("holds no usable private key"), "{got}");
+
+    // The keys file is checked too.
+    let got = refused(&dir, "[auth]\napi_keys_file = \"keys.txt\"\n");
+    assert!(
+        got.starts_with("error: hubhook.toml:2: auth.api_keys_file: cannot read "),
+        "{got}"
+    );
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let dir = TempDir::new("check-missing");
+    let out = hubhook(&["check", "--config", "absent.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: absent.toml: cannot read the file: No such file"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,8 @@
+//! The `hubhook` binary's integration tests: one test binary, the real executable.
+
+// Helpers are `pub` for the sibling modules; this binary has no outside users.
+#![allow(unreachable_pub, missing_debug_implementations)]
+
+mod check;
+mod serve;
+mod support;

@@ -1,0 +1,260 @@
+//! `hubhook serve`, `send` and `keygen` as an operator uses them: real processes, real sockets.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::*;
+
+fn send(args: &[&str], cwd: &std::path::Path) -> (i32, String) {
+    let out = hubhook(&[&["send"], args].concat(), cwd);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn with_no_file_a_key_is_made_once_kept_private_and_reused() {
+    let dir = TempDir::new("nofile");
+    let mut server = Server::start(&["--listen", "127.0.0.1:0"], dir.path(), &[]);
+    let url_line = server.wait_for_stdout("apikey=");
+    let key = std::fs::read_to_string(dir.path().join("hubhook-data/api-key"))
+        .expect("key file")
+        .trim()
+        .to_owned();
+    assert_eq!(key.len(), 43, "256 bits, base64url");
+    assert_eq!(
+        url_line.trim(),
+        format!("http://{}/hubhook?apikey={key}", server.addr)
+    );
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("hubhook-data/api-key"), 0o600);
+    assert_eq!(mode("hubhook-data"), 0o700);
+    let startup = server.wait_for_stderr("listening on");
+    assert!(
+        startup.contains("(TLS off), 1 handler(s): log"),
+        "{startup}"
+    );
+
+    // The operator pastes the URL: `hubhook send` posts the documented example.
+    let (code, answer) = send(&[url_line.trim()], dir.path());
+    assert_eq!(code, 0, "{answer}");
+    assert!(
+        answer.starts_with("HTTP 202 Accepted\n{\"delivery\":\""),
+        "{answer}"
+    );
+    let logged = server.wait_for_stdout("push svendowideit/testhook:latest");
+    assert!(logged.contains("by trustedbuilder (delivery "), "{logged}");
+    assert!(
+        !server.stderr().contains(&key),
+        "the key never goes through the log"
+    );
+    assert!(server.terminate().success(), "SIGTERM is a clean exit");
+
+    // A second start reuses the key and does not print it again.
+    let mut server = Server::start(&["--listen", "127.0.0.1:0"], dir.path(), &[]);
+    let line = server.wait_for_stdout("Hook URL");
+    assert!(
+        line.contains("apikey=<the key in ./hubhook-data/api-key>"),
+        "{line}"
+    );
+    let (code, answer) = send(&[&server.url("/hubhook"), "--key", &key], dir.path());
+    assert_eq!(code, 0, "{answer}");
+    let (code, answer) = send(
+        &[&server.url("/hubhook"), "--key", "not-the-key-at-all-0000"],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(answer.starts_with("HTTP 401 Unauthorized"), "{answer}");
+    assert!(!server.stdout().contains(&key) && !server.stderr().contains(&key));
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn keys_never_reach_the_log_even_at_trace_level() {
+    let dir = TempDir::new("logs");
+    let config = config(&dir, "[[handler]]\ntype = \"log\"\nformat = \"json\"\n");
+    let config = config.to_str().expect("utf8 path");
+    let server = Server::start(
+        &["--config", config],
+        dir.path(),
+        &[("HUBHOOK_LOG", "trace")],
+    );
+    const WRONG: &str = "wrong-key-9876543210-zyxwvu";
+    let body = hubhook_core::EXAMPLE_PAYLOAD.as_bytes();
+    let cases: [(String, Vec<String>, &[u8], u16); 7] = [
+        (format!("/hubhook?apikey={KEY}"), vec![], body, 202),
+        (format!("/hubhook?apikey={WRONG}"), vec![], body, 401),
+        (
+            "/hubhook".into(),
+            vec![format!("Authorization: Bearer {KEY}")],
+            body,
+            202,
+        ),
+        (
+            "/hubhook".into(),
+            vec![format!("Authorization: Bearer {WRONG}")],
+            body,
+            401,
+        ),
+        (
+            format!("/hubhook?apikey={KEY}"),
+            vec![],
+            b"{\"repository\":{\"repo_name\":\"$(id)\"}}",
+            400,
+        ),
+        (format!("/elsewhere?apikey={KEY}"), vec![], body, 404),
+        (
+            format!("/hubhook?apikey={KEY}"),
+            vec!["Content-Type: text/html".into()],
+            body,
+            415,
+        ),
+    ];
+    for (target, headers, body, want) in &cases {
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let (status, answer) = request(server.addr, "POST", target, &headers, body);
+        assert_eq!(status, *want, "{target}: {answer}");
+    }
+    // Both accepted deliveries were handled (JSON lines on stdout).
+    let pushes = || server.stdout().matches("\"event\":\"push\"").count();
+    for _ in 0..500 {
+        if pushes() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(pushes(), 2, "{}", server.stdout());
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("accepted a delivery"),
+        "the log is not empty:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("refused a request without a valid key"),
+        "{stderr}"
+    );
+    let everything = format!("{}{stderr}", server.stdout());
+    for secret in [KEY, WRONG, "apikey", "Bearer", "uthorization"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret:?} leaked:\n{everything}"
+        );
+    }
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn tls_from_the_config_serves_https() {
+    let dir = TempDir::new("tls");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("cert");
+    dir.write("cert.pem", &cert.cert.pem());
+    dir.write("key.pem", &cert.key_pair.serialize_pem());
+    let config = config(&dir, "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
+    let mut server = Server::start(
+        &["--config", config.to_str().expect("utf8")],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(server.scheme, "https");
+    assert!(server.wait_for_stderr("listening on").contains("(TLS on)"));
+    let cacert = dir.path().join("cert.pem");
+    let (code, answer) = send(
+        &[
+            &server.url("/hubhook"),
+            "--key",
+            KEY,
+            "--cacert",
+            cacert.to_str().expect("utf8"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{answer}");
+    assert!(answer.starts_with("HTTP 202 Accepted"), "{answer}");
+    server.wait_for_stdout("push svendowideit/testhook:latest");
+    // Without trusting the certificate the handshake fails, with a clear message.
+    let (code, answer) = send(&[&server.url("/hubhook"), "--key", KEY], dir.path());
+    assert_eq!(code, 1);
+    assert!(answer.contains("TLS handshake with 127.0.0.1"), "{answer}");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn a_file_without_keys_refuses_to_start_unless_waived() {
+    let dir = TempDir::new("nokey");
+    dir.write("hubhook.toml", "listen = \"127.0.0.1:0\"\n");
+    let out = hubhook(&["serve", "--config", "hubhook.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: hubhook.toml: auth: no API key"),
+        "{stderr}"
+    );
+
+    dir.write(
+        "hubhook.toml",
+        "listen = \"127.0.0.1:0\"\n[auth]\nallow_unauthenticated = true\n[[handler]]\ntype = \"log\"\n",
+    );
+    let mut server = Server::start(&["--config", "hubhook.toml"], dir.path(), &[]);
+    server.wait_for_stderr("anyone who");
+    let (status, _) = request(
+        server.addr,
+        "POST",
+        "/hubhook",
+        &[],
+        hubhook_core::EXAMPLE_PAYLOAD.as_bytes(),
+    );
+    assert_eq!(status, 202);
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let dir = TempDir::new("port");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = hubhook(&["serve", "--listen", &addr], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("error: cannot listen on {addr}: ")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn keygen_prints_long_url_safe_keys() {
+    let dir = TempDir::new("keygen");
+    let a = hubhook(&["keygen"], dir.path());
+    let b = hubhook(&["keygen"], dir.path());
+    let (a, b) = (
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&b.stdout),
+    );
+    let (a, b) = (a.trim(), b.trim());
+    assert_ne!(a, b);
+    assert_eq!(a.len(), 43);
+    assert!(
+        a.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+        "{a}"
+    );
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let dir = TempDir::new("help");
+    let out = hubhook(&["--help"], dir.path());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in ["serve", "check", "keygen", "send"] {
+        assert!(help.contains(command), "{help}");
+    }
+}

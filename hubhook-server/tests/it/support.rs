@@ -1,0 +1,234 @@
+//! Test helpers: the real `hubhook` binary as a child process, temporary directories, and
+//! a tiny blocking HTTP/1.1 client.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hubhook");
+pub const KEY: &str = "server-test-key-0123456789abcdef";
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hubhook-it-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `hubhook ARGS` to completion.
+pub fn hubhook(args: &[&str], cwd: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run hubhook")
+}
+
+/// A running `hubhook serve`, killed on drop, with its output collected as it comes.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub scheme: &'static str,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `hubhook serve ARGS` (add `--listen 127.0.0.1:0`) and waits for the
+    /// startup line to learn the port.
+    pub fn start(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .current_dir(cwd)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hubhook serve");
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        let mut server = Self {
+            child,
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            scheme: "http",
+            stdout,
+            stderr,
+        };
+        let line = server.wait_for_stderr("listening on ");
+        let url = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("startup line has the URL");
+        let (scheme, rest) = url.split_once("://").expect("scheme");
+        server.scheme = if scheme == "https" { "https" } else { "http" };
+        let host_port = rest.split('/').next().expect("host:port");
+        server.addr = host_port.parse().expect("startup line has the address");
+        server
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("stdout").clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr").clone()
+    }
+
+    /// Waits (up to 20 s) for a stderr line containing `needle`, and returns it.
+    pub fn wait_for_stderr(&mut self, needle: &str) -> String {
+        self.wait_for(needle, true)
+    }
+
+    /// Waits (up to 20 s) for a stdout line containing `needle`, and returns it.
+    pub fn wait_for_stdout(&mut self, needle: &str) -> String {
+        self.wait_for(needle, false)
+    }
+
+    fn wait_for(&mut self, needle: &str, stderr: bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = if stderr { self.stderr() } else { self.stdout() };
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "hubhook exited ({status}) before printing {needle:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?} within 20 s\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.addr)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hubhook did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut text = sink.lock().expect("output buffer");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns the status
+/// and the body.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut raw = format!(
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        raw.push_str(h);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    tcp.write_all(raw.as_bytes()).expect("write head");
+    tcp.write_all(body).expect("write body");
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).expect("read response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A config file with [`KEY`], listening on a free port, plus `extra` TOML.
+pub fn config(dir: &TempDir, extra: &str) -> PathBuf {
+    dir.write(
+        "hubhook.toml",
+        &format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n{extra}\n[auth]\napi_keys = [\"{KEY}\"]\n"),
+    )
+}
