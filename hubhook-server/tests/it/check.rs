@@ -164,3 +164,14 @@ fn a_missing_file_is_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_sample_config_in_examples_passes() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hubhook.toml");
+    let dir = TempDir::new("check-sample");
+    let out = hubhook(&["check", "--config", sample], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("handlers: audit (log)"), "{stdout}");
+}
