@@ -129,8 +129,8 @@ impl HubhookServiceBuilder {
         self
     }
 
-    /// Checks the settings and builds the service. Must be called inside a tokio runtime
-    /// only when requests are served, not to build.
+    /// Checks the settings and builds the service. Building needs no runtime; answering
+    /// requests does (handlers are spawned on the current tokio runtime).
     pub fn build(self) -> Result<HubhookService, Error> {
         if !self.path.starts_with('/') || self.path.contains(['?', '#']) {
             return Err(Error::InvalidPath(self.path));
