@@ -2,6 +2,7 @@
 //! writing code.
 //!
 //! - [`LogHandler`]: one line per pushed image, as text or JSON.
+//! - [`ShellHandler`]: runs a program with the payload in its environment and on stdin.
 //!
 //! ```
 //! use hubhook_core::HubhookService;
@@ -17,5 +18,7 @@
 #![deny(unsafe_code)]
 
 mod log;
+mod shell;
 
 pub use log::{LogFormat, LogHandler};
+pub use shell::{ShellError, ShellHandler, DEFAULT_OUTPUT_TAIL};

@@ -5,6 +5,7 @@
 //! and unknown-key errors with the span of the value; the checks that run after parsing
 //! (addresses, durations, files) keep the span of the value they check.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -22,7 +23,7 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Keys shorter than this are refused: they can be guessed.
 const MIN_KEY_LEN: usize = 16;
 /// The handler types this build knows.
-const HANDLER_TYPES: &[&str] = &["log"];
+const HANDLER_TYPES: &[&str] = &["log", "shell"];
 
 /// A configuration problem, with where it is.
 #[derive(Debug)]
@@ -86,13 +87,22 @@ pub(crate) struct HandlerSpec {
 /// What a handler is, with its type's own settings.
 #[derive(Debug, Clone)]
 pub(crate) enum HandlerKind {
-    Log { format: LogFormat },
+    Log {
+        format: LogFormat,
+    },
+    Shell {
+        command: Vec<String>,
+        workdir: Option<PathBuf>,
+        env: BTreeMap<String, String>,
+        output_tail: Option<usize>,
+    },
 }
 
 impl HandlerKind {
     pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Self::Log { .. } => "log",
+            Self::Shell { .. } => "shell",
         }
     }
 }
@@ -173,7 +183,18 @@ struct RawTls {
     key: Spanned<String>,
 }
 
-/// The keys of `[log]` handlers beyond the common ones.
+/// The keys of `shell` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShell {
+    command: Vec<String>,
+    workdir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    output_tail: Option<usize>,
+}
+
+/// The keys of `log` handlers beyond the common ones.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
@@ -319,7 +340,7 @@ impl Parser<'_> {
                 .handlers
                 .iter()
                 .enumerate()
-                .map(|(i, table)| self.handler(i, table))
+                .map(|(i, table)| self.handler(i, table, base))
                 .collect::<Result<_, _>>()?;
         }
         for (i, h) in config.handlers.iter().enumerate() {
@@ -345,6 +366,7 @@ impl Parser<'_> {
         &self,
         index: usize,
         table: &Spanned<toml::Table>,
+        base: &Path,
     ) -> Result<HandlerSpec, ConfigError> {
         let key = |k: &str| format!("handler[{index}].{k}");
         let mut rest = table.get_ref().clone();
@@ -405,6 +427,23 @@ impl Parser<'_> {
                     }
                 };
                 HandlerKind::Log { format }
+            }
+            "shell" => {
+                let shell: RawShell = self.rest(index, table, rest)?;
+                if shell.command.first().is_none_or(String::is_empty) {
+                    return Err(self.error_at(
+                        self.key_span(table, "command"),
+                        &key("command"),
+                        "must name the program to run: command = [\"/path/to/script\", \"arg\"]"
+                            .into(),
+                    ));
+                }
+                HandlerKind::Shell {
+                    command: shell.command,
+                    workdir: shell.workdir.map(|dir| base.join(dir)),
+                    env: shell.env,
+                    output_tail: shell.output_tail,
+                }
             }
             other => {
                 return Err(self.error_at(
@@ -605,7 +644,7 @@ mod tests {
         );
         assert_eq!(
             error(&format!("{KEY}\n[[handler]]\ntype = \"shel\"\n")),
-            "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log)"
+            "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell)"
         );
         assert!(error(&format!("{KEY}[[handler]]\nname = \"x\"\n"))
             .starts_with("hubhook.toml:3: handler[0].type: missing required key `type`"));
@@ -625,6 +664,46 @@ mod tests {
         assert!(
             bad_type.starts_with("hubhook.toml:1: max_connections:"),
             "{bad_type}"
+        );
+    }
+
+    #[test]
+    fn shell_handlers() {
+        let config = parse(&format!(
+            "{KEY}[[handler]]\ntype = \"shell\"\ncommand = [\"deploy.sh\", \"--fast\"]\n\
+             workdir = \"site\"\nenv = {{ STAGE = \"prod\" }}\n"
+        ))
+        .expect("valid shell handler");
+        let HandlerKind::Shell {
+            command,
+            workdir,
+            env,
+            ..
+        } = &config.handlers[0].kind
+        else {
+            panic!("not a shell handler");
+        };
+        assert_eq!(command, &["deploy.sh", "--fast"]);
+        assert_eq!(workdir.as_deref(), Some(Path::new("site")));
+        assert_eq!(env.get("STAGE").map(String::as_str), Some("prod"));
+        let e = error(&format!("{KEY}[[handler]]\ntype = \"shell\"\n"));
+        assert!(
+            e.starts_with("hubhook.toml:3: handler[0].command: missing field `command`"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"shell\"\ncommand = []\n"
+        ));
+        assert!(
+            e.starts_with("hubhook.toml:5: handler[0].command: must name the program"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"shell\"\ncommand = \"deploy.sh --fast\"\n"
+        ));
+        assert!(
+            e.starts_with("hubhook.toml:5: handler[0].command: invalid type: string"),
+            "{e}"
         );
     }
 

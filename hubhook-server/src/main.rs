@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hubhook_core::{HubhookService, Listener, Route, TlsConfig};
-use hubhook_handlers::LogHandler;
+use hubhook_handlers::{LogHandler, ShellHandler};
 
 use crate::config::{Config, HandlerKind, HandlerSpec};
 
@@ -204,7 +204,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         builder = builder.api_key(key);
     }
     for spec in &config.handlers {
-        builder = builder.route(route(spec));
+        builder = builder.route(route(spec).map_err(|e| format!("handler {:?}: {e}", spec.name))?);
     }
     let service = builder.build().map_err(|e| e.to_string())?;
     let handlers = service.handler_names();
@@ -254,9 +254,28 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         .map_err(|e| e.to_string())
 }
 
-fn route(spec: &HandlerSpec) -> Route {
+fn route(spec: &HandlerSpec) -> Result<Route, String> {
     let mut route = match &spec.kind {
         HandlerKind::Log { format } => Route::new(LogHandler::new(&spec.name).format(*format)),
+        HandlerKind::Shell {
+            command,
+            workdir,
+            env,
+            output_tail,
+        } => {
+            let mut shell =
+                ShellHandler::new(&spec.name, command.clone()).map_err(|e| e.to_string())?;
+            if let Some(dir) = workdir {
+                shell = shell.workdir(dir);
+            }
+            for (key, value) in env {
+                shell = shell.env(key, value);
+            }
+            if let Some(bytes) = output_tail {
+                shell = shell.output_tail(*bytes);
+            }
+            Route::new(shell)
+        }
     };
     if let Some(repo) = &spec.repo {
         route = route.repo(repo);
@@ -267,7 +286,7 @@ fn route(spec: &HandlerSpec) -> Route {
     if let Some(timeout) = spec.timeout {
         route = route.timeout(timeout);
     }
-    route
+    Ok(route)
 }
 
 async fn shutdown_signal() {

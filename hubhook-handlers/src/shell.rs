@@ -1,0 +1,375 @@
+//! The shell handler: runs a program (an argv, never a shell string) for each message.
+//!
+//! The payload reaches the program only as environment variables and as JSON on stdin, so
+//! no payload value is ever parsed as shell text or as a command-line flag. The program
+//! runs in its own process group; when the run is cancelled (timeout, shutdown) the whole
+//! group gets SIGTERM, then SIGKILL, so grandchildren do not outlive it.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// How much of the program's output (stdout and stderr, interleaved) is kept by default.
+pub const DEFAULT_OUTPUT_TAIL: usize = 4096;
+
+/// Runs a program for each message, with the payload in its environment and on stdin.
+///
+/// | variable | value |
+/// |---|---|
+/// | `HUBHOOK_REPO` | repository, e.g. `acme/site` |
+/// | `HUBHOOK_TAG` | tag, e.g. `latest` |
+/// | `HUBHOOK_IMAGE` | pullable reference, e.g. `acme/site:latest` |
+/// | `HUBHOOK_PUSHER` | who pushed (control characters removed) |
+/// | `HUBHOOK_PUSHED_AT` | seconds since the epoch |
+/// | `HUBHOOK_DELIVERY` | the delivery id |
+/// | `HUBHOOK_ATTEMPT` | the attempt number, from 1 |
+/// | `HUBHOOK_SOURCE` | the provider, e.g. `dockerhub` |
+/// | `HUBHOOK_REGISTRY` | the registry host, when known |
+/// | `HUBHOOK_DIGEST` | the manifest digest, when known |
+///
+/// Standard input carries the message as JSON (Docker Hub's shape plus `source`,
+/// `registry`, `digest`). Exit status 0 is success; anything else is a failure whose
+/// message holds the status and the tail of the output.
+///
+/// ```
+/// use hubhook_handlers::ShellHandler;
+///
+/// let deploy = ShellHandler::new("deploy", ["/usr/local/bin/deploy.sh", "--quiet"])?
+///     .workdir("/srv/site")
+///     .env("COMPOSE_PROJECT_NAME", "site");
+/// # Ok::<(), hubhook_handlers::ShellError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShellHandler {
+    name: String,
+    argv: Vec<String>,
+    workdir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    output_tail: usize,
+    kill_grace: Duration,
+}
+
+/// Why a [`ShellHandler`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShellError {
+    /// The command is empty.
+    #[error("the command is empty; give at least the program to run")]
+    EmptyCommand,
+    /// An argument or environment entry holds a NUL byte, which no program can receive.
+    #[error("{0:?} holds a NUL byte")]
+    Nul(String),
+}
+
+impl ShellHandler {
+    /// A handler called `name` running `argv[0]` with the rest as its arguments. The
+    /// program is looked up in `PATH` when it has no `/`.
+    pub fn new<I, S>(name: impl Into<String>, argv: I) -> Result<Self, ShellError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let argv: Vec<String> = argv.into_iter().map(Into::into).collect();
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(ShellError::EmptyCommand);
+        }
+        if let Some(bad) = argv.iter().find(|a| a.contains('\0')) {
+            return Err(ShellError::Nul(bad.clone()));
+        }
+        Ok(Self {
+            name: name.into(),
+            argv,
+            workdir: None,
+            env: Vec::new(),
+            output_tail: DEFAULT_OUTPUT_TAIL,
+            kill_grace: Duration::from_secs(2),
+        })
+    }
+
+    /// Runs the program in `dir` instead of the server's working directory.
+    #[must_use]
+    pub fn workdir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.workdir = Some(dir.into());
+        self
+    }
+
+    /// Sets an extra environment variable for the program. The `HUBHOOK_*` variables are
+    /// set after these and win.
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Keeps the last `bytes` of output for the outcome and the log; default 4096.
+    #[must_use]
+    pub fn output_tail(mut self, bytes: usize) -> Self {
+        self.output_tail = bytes;
+        self
+    }
+
+    /// The program and its arguments.
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+}
+
+/// The `HUBHOOK_*` environment for `msg`.
+pub(crate) fn payload_env(msg: &HubMessage, ctx: &Context) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("HUBHOOK_REPO", msg.repo().to_owned()),
+        ("HUBHOOK_TAG", msg.tag().to_owned()),
+        ("HUBHOOK_IMAGE", msg.image()),
+        ("HUBHOOK_DELIVERY", ctx.delivery().to_string()),
+        ("HUBHOOK_ATTEMPT", ctx.attempt().to_string()),
+        ("HUBHOOK_SOURCE", printable(&msg.source)),
+    ];
+    if let Some(pusher) = &msg.push_data.pusher {
+        env.push(("HUBHOOK_PUSHER", printable(pusher)));
+    }
+    if let Some(at) = msg.push_data.pushed_at {
+        env.push(("HUBHOOK_PUSHED_AT", at.to_string()));
+    }
+    if let Some(registry) = &msg.registry {
+        env.push(("HUBHOOK_REGISTRY", registry.clone()));
+    }
+    if let Some(digest) = &msg.digest {
+        env.push(("HUBHOOK_DIGEST", digest.clone()));
+    }
+    env
+}
+
+/// Free text from a payload, without control characters (and so without NUL, which an
+/// environment variable cannot hold).
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+#[async_trait]
+impl Handler for ShellHandler {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn handle(&self, msg: &HubMessage, ctx: &Context) -> Result<Outcome, HandlerError> {
+        let stdin_json = serde_json::to_vec(msg)
+            .map_err(|e| HandlerError::Failed(format!("cannot encode the message: {e}")))?;
+        let mut command = Command::new(&self.argv[0]);
+        command
+            .args(&self.argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &self.workdir {
+            command.current_dir(dir);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command.envs(payload_env(msg, ctx));
+        let mut child = command
+            .spawn()
+            .map_err(|e| HandlerError::Failed(format!("cannot start {:?}: {e}", self.argv[0])))?;
+        // The child is the leader of its own group: its pid is the group id.
+        let group = child
+            .id()
+            .map(|id| GroupGuard(Some(Pid::from_raw(id as i32))));
+        let mut group = group.unwrap_or(GroupGuard(None));
+
+        let tail = Arc::new(Mutex::new(Tail::new(self.output_tail)));
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|out| tokio::spawn(collect(out, tail.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|err| tokio::spawn(collect(err, tail.clone()))),
+        ];
+        if let Some(mut stdin) = child.stdin.take() {
+            // A program that never reads stdin must not block the run: write in the
+            // background and ignore a closed pipe.
+            tokio::spawn(async move {
+                let _ = stdin.write_all(&stdin_json).await;
+            });
+        }
+
+        let status = tokio::select! {
+            status = child.wait() => status,
+            () = ctx.cancelled() => {
+                group.signal(Signal::SIGTERM);
+                let status = match tokio::time::timeout(self.kill_grace, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        group.signal(Signal::SIGKILL);
+                        child.wait().await
+                    }
+                };
+                // Whatever is left of the group goes too.
+                group.signal(Signal::SIGKILL);
+                group.disarm();
+                let output = finish(readers, &tail).await;
+                tracing::warn!(
+                    handler = %self.name, delivery = %ctx.delivery(), ?status, output = %output,
+                    "stopped the command and its process group"
+                );
+                return Err(HandlerError::Cancelled);
+            }
+        };
+        // The program exited on its own: what it left running in the background is its
+        // business (a daemon it started, say).
+        group.disarm();
+        let status = status
+            .map_err(|e| HandlerError::Failed(format!("waiting for the command failed: {e}")))?;
+        let output = finish(readers, &tail).await;
+        tracing::info!(
+            handler = %self.name, delivery = %ctx.delivery(), status = %describe(status),
+            output = %output, "command finished"
+        );
+        if status.success() {
+            Ok(Outcome::new(format!(
+                "{}; output: {output}",
+                describe(status)
+            )))
+        } else {
+            Err(HandlerError::Failed(format!(
+                "{}; output: {output}",
+                describe(status)
+            )))
+        }
+    }
+}
+
+/// Kills the process group if the run is dropped before the program was reaped.
+struct GroupGuard(Option<Pid>);
+
+impl GroupGuard {
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.0 {
+            // ESRCH (the group is gone already) is the expected outcome at times.
+            let _ = killpg(pid, signal);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended".to_owned(),
+    }
+}
+
+/// Waits briefly for the output readers: a grandchild that keeps the pipes open must not
+/// hold the run.
+async fn finish(readers: [Option<tokio::task::JoinHandle<()>>; 2], tail: &Mutex<Tail>) -> String {
+    for reader in readers.into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+    }
+    tail.lock().map(|t| t.text()).unwrap_or_default()
+}
+
+async fn collect(mut stream: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Ok(mut tail) = tail.lock() {
+                    tail.push(&chunk[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// The last `limit` bytes written.
+#[derive(Debug)]
+struct Tail {
+    bytes: VecDeque<u8>,
+    limit: usize,
+    dropped: bool,
+}
+
+impl Tail {
+    fn new(limit: usize) -> Self {
+        Self {
+            bytes: VecDeque::new(),
+            limit,
+            dropped: false,
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend(data);
+        while self.bytes.len() > self.limit {
+            self.bytes.pop_front();
+            self.dropped = true;
+        }
+    }
+
+    fn text(&self) -> String {
+        let (a, b) = self.bytes.as_slices();
+        let text = String::from_utf8_lossy(&[a, b].concat())
+            .trim_end()
+            .to_owned();
+        if self.dropped {
+            format!("...{text}")
+        } else {
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_end() {
+        let mut t = Tail::new(6);
+        t.push(b"hello ");
+        t.push(b"world\n");
+        assert_eq!(t.text(), "...world");
+        let mut t = Tail::new(100);
+        t.push(b"short\n");
+        assert_eq!(t.text(), "short");
+    }
+
+    #[test]
+    fn empty_and_nul_commands_are_refused() {
+        assert_eq!(
+            ShellHandler::new("x", Vec::<String>::new()).err(),
+            Some(ShellError::EmptyCommand)
+        );
+        assert!(matches!(
+            ShellHandler::new("x", ["a\0b"]),
+            Err(ShellError::Nul(_))
+        ));
+    }
+
+    #[test]
+    fn printable_drops_control_characters() {
+        assert_eq!(printable("eve\n\0bob"), "evebob");
+    }
+}
