@@ -84,7 +84,7 @@ mod handler;
 mod listener;
 mod message;
 mod metrics;
-mod reference;
+pub mod reference;
 mod service;
 #[cfg(feature = "tls")]
 mod tls;

@@ -5,6 +5,8 @@
 //! line, an environment variable) only ever sees values this grammar allows: no spaces,
 //! no shell metacharacters, nothing that starts with `-`.
 //!
+//! Public so that handlers can hold their own configuration to the same rules.
+//!
 //! ```text
 //! name      := [domain '/'] path-component ('/' path-component)*
 //! domain    := domain-component ('.' domain-component)* [':' port]     (or "localhost")
@@ -15,19 +17,27 @@
 //! ```
 
 /// The longest repository name (domain included) the grammar allows.
-pub(crate) const MAX_NAME_LEN: usize = 255;
+pub const MAX_NAME_LEN: usize = 255;
 /// The longest tag the grammar allows.
-pub(crate) const MAX_TAG_LEN: usize = 128;
+pub const MAX_TAG_LEN: usize = 128;
 
 /// Why a value is not a valid part of an image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ReferenceError {
+#[non_exhaustive]
+pub enum ReferenceError {
+    /// The value is empty.
     Empty,
+    /// The value is longer than the grammar allows (the limit is given).
     TooLong(usize),
+    /// A repository name with a part outside the grammar.
     BadComponent,
+    /// A tag outside the grammar.
     BadTag,
+    /// A digest that is not `sha256:` or `sha512:` with the right number of hex digits.
     BadDigest,
 }
+
+impl std::error::Error for ReferenceError {}
 
 impl std::fmt::Display for ReferenceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,7 +56,7 @@ impl std::fmt::Display for ReferenceError {
 }
 
 /// Checks a repository name, with or without a registry domain in front.
-pub(crate) fn check_name(name: &str) -> Result<(), ReferenceError> {
+pub fn check_name(name: &str) -> Result<(), ReferenceError> {
     if name.is_empty() {
         return Err(ReferenceError::Empty);
     }
@@ -75,7 +85,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), ReferenceError> {
 }
 
 /// Checks a tag.
-pub(crate) fn check_tag(tag: &str) -> Result<(), ReferenceError> {
+pub fn check_tag(tag: &str) -> Result<(), ReferenceError> {
     if tag.is_empty() {
         return Err(ReferenceError::Empty);
     }
@@ -96,7 +106,7 @@ pub(crate) fn check_tag(tag: &str) -> Result<(), ReferenceError> {
 }
 
 /// Checks a content digest such as `sha256:<64 hex>`.
-pub(crate) fn check_digest(digest: &str) -> Result<(), ReferenceError> {
+pub fn check_digest(digest: &str) -> Result<(), ReferenceError> {
     let Some((algorithm, hex)) = digest.split_once(':') else {
         return Err(ReferenceError::BadDigest);
     };

@@ -3,6 +3,8 @@
 //!
 //! - [`LogHandler`]: one line per pushed image, as text or JSON.
 //! - [`ShellHandler`]: runs a program with the payload in its environment and on stdin.
+//! - [`DockerHandler`]: redeploys a container (pull, swap, health gate, rollback) or a
+//!   Swarm service through the `docker` CLI.
 //!
 //! ```
 //! use hubhook_core::HubhookService;
@@ -17,8 +19,10 @@
 
 #![deny(unsafe_code)]
 
+mod docker;
 mod log;
 mod shell;
 
+pub use docker::{DockerError, DockerHandler, Health};
 pub use log::{LogFormat, LogHandler};
 pub use shell::{ShellError, ShellHandler, DEFAULT_OUTPUT_TAIL};

@@ -3,5 +3,7 @@
 // Helpers are `pub` for the sibling modules; this binary has no outside users.
 #![allow(unreachable_pub, missing_debug_implementations)]
 
+mod docker;
+mod engine;
 mod shell;
 mod support;

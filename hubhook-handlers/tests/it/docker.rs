@@ -1,0 +1,339 @@
+//! The docker handler on the real engine, pulling from a real registry.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hubhook_core::{Context, DeliveryId, Handler, HandlerError, HubMessage, HubhookService, Route};
+use hubhook_handlers::{DockerHandler, Health};
+
+use crate::engine::*;
+use crate::support::TempDir;
+
+fn push_of(registry: &Registry, tag: &str) -> HubMessage {
+    HubMessage::new(&registry.repo(), tag).expect("valid message")
+}
+
+async fn deploy(handler: &DockerHandler, msg: &HubMessage) -> Result<String, HandlerError> {
+    handler
+        .handle(msg, &Context::new(DeliveryId::generate()))
+        .await
+        .map(|o| o.summary)
+}
+
+fn site(registry: &Registry, container: &str, port: u16) -> DockerHandler {
+    DockerHandler::container("deploy", &registry.repo(), container)
+        .expect("handler")
+        .tag("v*")
+        .run_args(["-p".to_owned(), format!("127.0.0.1:{port}:80")])
+        .stop_timeout(Duration::from_secs(1))
+        .health(Health::Http(format!("http://127.0.0.1:{port}/")))
+        .health_timeout(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn redeploys_v1_then_v2_and_ignores_other_tags() {
+    if !available("redeploys_v1_then_v2") {
+        return;
+    }
+    let registry = Registry::start();
+    registry.push("v1");
+    registry.push("v2");
+    let name = container_name("swap");
+    let _cleanup = Containers(vec![name.clone()]);
+    let port = free_port();
+    let handler = site(&registry, &name, port).cleanup(true);
+
+    let first = deploy(&handler, &push_of(&registry, "v1"))
+        .await
+        .expect("first deploy");
+    assert!(
+        first.starts_with(&format!(
+            "deployed {}:v1 to container {name}",
+            registry.repo()
+        )),
+        "{first}"
+    );
+    assert_eq!(page(port).as_deref(), Some("site v1"));
+
+    let second = deploy(&handler, &push_of(&registry, "v2"))
+        .await
+        .expect("redeploy");
+    assert!(second.contains(":v2 to container"), "{second}");
+    assert_eq!(page(port).as_deref(), Some("site v2"), "the page changed");
+    assert!(
+        container_id(&format!("{name}-hubhook-old")).is_none(),
+        "the old container is gone"
+    );
+    let (_, images) = docker(&["image", "ls", "--format", "{{.Tag}}", &registry.repo()]);
+    assert!(
+        !images.lines().any(|t| t == "v1"),
+        "cleanup removed the old image: {images}"
+    );
+
+    // A tag outside the pattern changes nothing.
+    let id = container_id(&name);
+    let err = deploy(&handler, &push_of(&registry, "latest"))
+        .await
+        .expect_err("not deployed");
+    assert!(matches!(err, HandlerError::Rejected(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not match the configured pattern v*"),
+        "{err}"
+    );
+    assert_eq!(container_id(&name), id, "same container");
+    assert_eq!(page(port).as_deref(), Some("site v2"));
+}
+
+#[tokio::test]
+async fn a_broken_image_is_rolled_back() {
+    if !available("a_broken_image_is_rolled_back") {
+        return;
+    }
+    let registry = Registry::start();
+    for tag in ["v1", "v3", "v4"] {
+        registry.push(tag);
+    }
+    let name = container_name("rollback");
+    let _cleanup = Containers(vec![name.clone()]);
+    let port = free_port();
+    let handler = site(&registry, &name, port);
+    deploy(&handler, &push_of(&registry, "v1"))
+        .await
+        .expect("v1 deploys");
+    let v1 = container_id(&name);
+
+    // v3 exits at once.
+    let err = deploy(&handler, &push_of(&registry, "v3"))
+        .await
+        .expect_err("v3 fails")
+        .to_string();
+    assert!(
+        err.contains(":v3 failed: health gate failed: the container is exited (exit code 1)"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("rollback done: the previous container runs again"),
+        "{err}"
+    );
+    assert_eq!(
+        page(port).as_deref(),
+        Some("site v1"),
+        "the previous version still serves"
+    );
+    assert_eq!(
+        container_id(&name),
+        v1,
+        "it is the same container as before"
+    );
+
+    // v4 runs but never answers HTTP: the health gate times out.
+    let err = deploy(&handler, &push_of(&registry, "v4"))
+        .await
+        .expect_err("v4 fails")
+        .to_string();
+    assert!(
+        err.contains("health gate failed: not healthy within 5s (http://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("rollback done: the previous container runs again"),
+        "{err}"
+    );
+    assert_eq!(page(port).as_deref(), Some("site v1"));
+    assert!(container_id(&format!("{name}-hubhook-old")).is_none());
+}
+
+#[tokio::test]
+async fn a_failed_pull_touches_nothing() {
+    if !available("a_failed_pull_touches_nothing") {
+        return;
+    }
+    let registry = Registry::start();
+    registry.push("v1");
+    let name = container_name("pull");
+    let _cleanup = Containers(vec![name.clone()]);
+    let port = free_port();
+    let handler = site(&registry, &name, port);
+    deploy(&handler, &push_of(&registry, "v1"))
+        .await
+        .expect("v1 deploys");
+    let id = container_id(&name);
+
+    let err = deploy(&handler, &push_of(&registry, "v9"))
+        .await
+        .expect_err("v9 is not in the registry")
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "pull of {}:v9 failed, nothing changed: image or tag not found: ",
+            registry.repo()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        container_id(&name),
+        id,
+        "the running container is untouched"
+    );
+    assert_eq!(page(port).as_deref(), Some("site v1"));
+}
+
+#[tokio::test]
+async fn a_taken_port_is_reported_and_rolled_back() {
+    if !available("a_taken_port_is_reported_and_rolled_back") {
+        return;
+    }
+    let registry = Registry::start();
+    registry.push("v1");
+    registry.push("v2");
+    let name = container_name("port");
+    let _cleanup = Containers(vec![name.clone()]);
+    let port = free_port();
+    deploy(&site(&registry, &name, port), &push_of(&registry, "v1"))
+        .await
+        .expect("v1 deploys");
+    // A second configuration whose extra port is held by someone else.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr").port();
+    let handler = site(&registry, &name, port).run_args([
+        "-p".to_owned(),
+        format!("127.0.0.1:{port}:80"),
+        "-p".to_owned(),
+        format!("127.0.0.1:{busy}:8080"),
+    ]);
+    let err = deploy(&handler, &push_of(&registry, "v2"))
+        .await
+        .expect_err("port taken")
+        .to_string();
+    assert!(
+        err.contains("docker run failed: port already in use: "),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("rollback done: the previous container runs again"),
+        "{err}"
+    );
+    assert_eq!(page(port).as_deref(), Some("site v1"));
+}
+
+#[tokio::test]
+async fn missing_binary_and_unreachable_daemon_are_named() {
+    let msg = HubMessage::new("acme/site", "latest").expect("message");
+    let handler = DockerHandler::container("deploy", "acme/site", "hubhook-test-none")
+        .expect("handler")
+        .docker_binary("/nonexistent/docker");
+    let err = deploy(&handler, &msg)
+        .await
+        .expect_err("no binary")
+        .to_string();
+    assert!(
+        err.contains("docker binary missing: cannot run /nonexistent/docker"),
+        "{err}"
+    );
+
+    if Command::new("docker").arg("--version").output().is_err() {
+        return;
+    }
+    let handler = DockerHandler::container("deploy", "acme/site", "hubhook-test-none")
+        .expect("handler")
+        .docker_host("unix:///nonexistent/docker.sock");
+    let err = deploy(&handler, &msg)
+        .await
+        .expect_err("no daemon")
+        .to_string();
+    assert!(err.contains("docker daemon unreachable: "), "{err}");
+}
+
+use std::process::Command;
+
+/// A `docker` that records its argv, then runs the real one.
+fn recording_docker(dir: &TempDir) -> std::path::PathBuf {
+    let log = dir.path().join("calls");
+    let script = dir.path().join("docker");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec docker \"$@\"\n",
+            log.display()
+        ),
+    )
+    .expect("write wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+#[tokio::test]
+async fn payload_values_never_reach_docker() {
+    let dir = TempDir::new("inject");
+    let wrapper = recording_docker(&dir);
+    let calls = dir.path().join("calls");
+    let make = || {
+        DockerHandler::container("deploy", "acme/site", "hubhook-test-inject")
+            .expect("handler")
+            .tag("*")
+            .docker_binary(&wrapper)
+    };
+    let service = HubhookService::builder()
+        .allow_unauthenticated(true)
+        .route(Route::new(make()))
+        .build()
+        .expect("service");
+    let marker = dir.path().join("pwned");
+    let hostile = [
+        format!("latest; touch {}", marker.display()),
+        "$(id)".to_owned(),
+        "`id`".to_owned(),
+        "--privileged".to_owned(),
+        "-v/:/host".to_owned(),
+        "latest\nrm -rf /".to_owned(),
+        "v".repeat(300),
+    ];
+    for value in &hostile {
+        for body in [
+            serde_json::json!({"push_data": {"tag": value}, "repository": {"repo_name": "acme/site"}}),
+            serde_json::json!({"push_data": {"tag": "latest"}, "repository": {"repo_name": value}}),
+            serde_json::json!({"push_data": {"tag": "latest"}, "repository": {"repo_name": format!("acme/{value}")}}),
+        ] {
+            let request = http::Request::post("/hubhook")
+                .body(Full::new(Bytes::from(body.to_string())))
+                .expect("request");
+            let response = service.respond(request).await;
+            assert_eq!(
+                response.status(),
+                400,
+                "{value:?} must be refused at the door"
+            );
+        }
+        // And if a library user builds such a message by hand, the handler refuses it too.
+        let mut msg = HubMessage::new("acme/site", "latest").expect("message");
+        msg.push_data.tag = value.clone();
+        let err = deploy(&make(), &msg).await.expect_err("rejected");
+        assert!(matches!(err, HandlerError::Rejected(_)), "{value:?}: {err}");
+        assert!(
+            err.to_string().contains("refusing the payload: tag"),
+            "{err}"
+        );
+    }
+    // Another repository than the configured one is refused as well.
+    let err = deploy(
+        &make(),
+        &HubMessage::new("evil/site", "latest").expect("message"),
+    )
+    .await
+    .expect_err("other repo");
+    assert!(
+        err.to_string()
+            .contains("is not the configured image acme/site"),
+        "{err}"
+    );
+    assert!(service.shutdown(Duration::from_secs(5)).await);
+    assert!(!marker.exists(), "nothing was executed");
+    assert!(
+        !calls.exists(),
+        "docker was never called: {:?}",
+        std::fs::read_to_string(&calls)
+    );
+}

@@ -1,0 +1,242 @@
+//! The real Docker engine and a real registry for the docker handler's tests.
+//!
+//! Test images are built here with no pull: `docker import` of a root filesystem holding
+//! Debian's busybox-static, serving a page with `busybox httpd`. The registry is Debian's
+//! `docker-registry` on 127.0.0.1 (no TLS needed there). Everything is named with the
+//! `hubhook-test` prefix and removed by name when the guards drop.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::support::TempDir;
+
+/// The base name of the imported images: `hubhook-test/site:v1` and so on.
+pub const BASE: &str = "hubhook-test/site";
+
+/// What the tags are: v1 and v2 serve their own page, v3 exits at once, v4 runs but never
+/// serves HTTP.
+const VERSIONS: [(&str, &str); 4] = [
+    (
+        "v1",
+        r#"["/bin/busybox","httpd","-f","-p","80","-h","/www"]"#,
+    ),
+    (
+        "v2",
+        r#"["/bin/busybox","httpd","-f","-p","80","-h","/www"]"#,
+    ),
+    ("v3", r#"["/bin/busybox","false"]"#),
+    ("v4", r#"["/bin/busybox","sleep","3600"]"#),
+];
+
+/// Whether the engine (and the registry binary) are here. When they are not, the test is
+/// skipped with a reason, unless `HUBHOOK_REQUIRE_DOCKER=1` (CI) makes that a failure.
+pub fn available(test: &str) -> bool {
+    let reason = if !docker(&["info", "--format", "{{.ServerVersion}}"]).0 {
+        Some("`docker info` fails: no Docker engine")
+    } else if !Path::new("/bin/busybox").exists() {
+        Some("/bin/busybox missing (Debian's busybox-static)")
+    } else if Command::new("docker-registry")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        Some("docker-registry missing (Debian's docker-registry)")
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(reason) if std::env::var("HUBHOOK_REQUIRE_DOCKER").as_deref() == Ok("1") => {
+            panic!("{test}: {reason}, and HUBHOOK_REQUIRE_DOCKER=1")
+        }
+        Some(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// Runs `docker ARGS`; (success, stdout + stderr).
+pub fn docker(args: &[&str]) -> (bool, String) {
+    match Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+fn must(args: &[&str]) -> String {
+    let (ok, out) = docker(args);
+    assert!(ok, "docker {args:?} failed: {out}");
+    out
+}
+
+/// Imports the four test images once per test run.
+pub fn images() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = TempDir::new("rootfs");
+        for (tag, cmd) in VERSIONS {
+            let root = dir.path().join(tag);
+            std::fs::create_dir_all(root.join("bin")).expect("rootfs");
+            std::fs::create_dir_all(root.join("www")).expect("rootfs");
+            std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+            std::fs::write(root.join("www/index.html"), format!("site {tag}\n")).expect("page");
+            let tar = dir.path().join(format!("{tag}.tar"));
+            let status = Command::new("tar")
+                .args([
+                    "-C",
+                    root.to_str().expect("utf8"),
+                    "-cf",
+                    tar.to_str().expect("utf8"),
+                    ".",
+                ])
+                .status()
+                .expect("tar");
+            assert!(status.success());
+            must(&[
+                "import",
+                "--change",
+                &format!("CMD {cmd}"),
+                tar.to_str().expect("utf8"),
+                &format!("{BASE}:{tag}"),
+            ]);
+        }
+    });
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A `docker-registry` on 127.0.0.1, holding the test images pushed to it. Killed, and the
+/// images tagged for it removed, on drop.
+pub struct Registry {
+    child: Child,
+    pub host: String,
+    _dir: TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Self {
+        images();
+        let dir = TempDir::new("registry");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .args(["serve", config.to_str().expect("utf8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Self {
+            child,
+            host: format!("127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    /// The repository in this registry: `127.0.0.1:PORT/hubhook-test/site`.
+    pub fn repo(&self) -> String {
+        format!("{}/{BASE}", self.host)
+    }
+
+    /// Pushes the test image `tag`, then removes the local copy so a deploy really pulls.
+    pub fn push(&self, tag: &str) {
+        let target = format!("{}:{tag}", self.repo());
+        must(&["tag", &format!("{BASE}:{tag}"), &target]);
+        must(&["push", &target]);
+        must(&["image", "rm", &target]);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (_, listed) = docker(&[
+            "image",
+            "ls",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+            &self.repo(),
+        ]);
+        for image in listed.lines().filter(|l| l.starts_with(&self.host)) {
+            let _ = docker(&["image", "rm", "--force", image]);
+        }
+    }
+}
+
+/// Containers (and their `-hubhook-old` twins) removed by name on drop.
+pub struct Containers(pub Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = docker(&["rm", "--force", name, &format!("{name}-hubhook-old")]);
+        }
+    }
+}
+
+/// A unique container name for one test.
+pub fn container_name(test: &str) -> String {
+    format!("hubhook-test-{test}-{}", std::process::id())
+}
+
+/// The page served on 127.0.0.1:`port`, if any (a few tries, for a container just started).
+pub fn page(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    for _ in 0..20 {
+        if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+            if tcp
+                .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .is_ok()
+            {
+                let mut text = String::new();
+                if tcp.read_to_string(&mut text).is_ok() && text.starts_with("HTTP/1.") {
+                    return text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// The id of the container `name`, if it exists.
+pub fn container_id(name: &str) -> Option<String> {
+    let (ok, out) = docker(&["container", "inspect", "--format", "{{.Id}}", name]);
+    ok.then(|| out.trim().to_owned())
+}
