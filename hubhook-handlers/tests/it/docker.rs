@@ -337,3 +337,66 @@ async fn payload_values_never_reach_docker() {
         std::fs::read_to_string(&calls)
     );
 }
+
+#[tokio::test]
+async fn a_swarm_service_moves_to_v2_and_a_broken_image_fails() {
+    if !available("a_swarm_service_moves_to_v2") {
+        return;
+    }
+    let registry = Registry::start();
+    for tag in ["v1", "v2", "v3"] {
+        registry.push(tag);
+    }
+    let _swarm = Swarm::join();
+    let service = container_name("svc");
+    let _services = Services(vec![service.clone()]);
+    let port = free_port();
+    // The routing mesh may not route here: publish in host mode.
+    let (ok, out) = docker(&[
+        "service",
+        "create",
+        "--detach=false",
+        "--quiet",
+        "--name",
+        &service,
+        // busybox httpd as PID 1 ignores SIGTERM: do not wait 10 s for each old task.
+        "--stop-grace-period",
+        "1s",
+        "--publish",
+        &format!("mode=host,published={port},target=80"),
+        &format!("{}:v1", registry.repo()),
+    ]);
+    assert!(ok, "service create: {out}");
+    assert_eq!(page(port).as_deref(), Some("site v1"));
+
+    let handler = DockerHandler::service("deploy", &registry.repo(), &service)
+        .expect("handler")
+        .tag("v*");
+    let done = deploy(&handler, &push_of(&registry, "v2"))
+        .await
+        .expect("v2 rolls out");
+    assert!(
+        done.starts_with(&format!("service {service} runs {}:v2", registry.repo())),
+        "{done}"
+    );
+    assert_eq!(
+        page(port).as_deref(),
+        Some("site v2"),
+        "the service serves v2"
+    );
+
+    let err = deploy(&handler, &push_of(&registry, "v3"))
+        .await
+        .expect_err("v3 fails")
+        .to_string();
+    assert!(err.contains(&format!("{}:v3", registry.repo())), "{err}");
+    assert!(
+        err.contains("rollback"),
+        "Swarm's rollback is reported: {err}"
+    );
+    assert_eq!(
+        page(port).as_deref(),
+        Some("site v2"),
+        "v2 still serves after the rollback"
+    );
+}

@@ -240,3 +240,55 @@ pub fn container_id(name: &str) -> Option<String> {
     let (ok, out) = docker(&["container", "inspect", "--format", "{{.Id}}", name]);
     ok.then(|| out.trim().to_owned())
 }
+
+/// A single-node swarm for the test: joined (`swarm init`) only if the engine was not in
+/// one, and left again on drop, so the engine is left as found.
+pub struct Swarm {
+    created: bool,
+}
+
+impl Swarm {
+    pub fn join() -> Self {
+        let (_, state) = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+        let created = state.trim() == "inactive";
+        if created {
+            must(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+        }
+        Self { created }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = docker(&["swarm", "leave", "--force"]);
+        }
+    }
+}
+
+/// Swarm services removed by name on drop.
+pub struct Services(pub Vec<String>);
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = docker(&["service", "rm", name]);
+        }
+        // Tasks stop shortly after their service goes; wait so the port is free again.
+        for name in &self.0 {
+            for _ in 0..100 {
+                let (_, left) = docker(&[
+                    "ps",
+                    "--all",
+                    "--quiet",
+                    "--filter",
+                    &format!("name={name}."),
+                ]);
+                if left.trim().is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
