@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hubhook_handlers::LogFormat;
+use hubhook_handlers::{DockerHandler, LogFormat};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -23,7 +23,7 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Keys shorter than this are refused: they can be guessed.
 const MIN_KEY_LEN: usize = 16;
 /// The handler types this build knows.
-const HANDLER_TYPES: &[&str] = &["log", "shell"];
+const HANDLER_TYPES: &[&str] = &["log", "shell", "docker"];
 
 /// A configuration problem, with where it is.
 #[derive(Debug)]
@@ -96,6 +96,7 @@ pub(crate) enum HandlerKind {
         env: BTreeMap<String, String>,
         output_tail: Option<usize>,
     },
+    Docker(Box<DockerHandler>),
 }
 
 impl HandlerKind {
@@ -103,6 +104,7 @@ impl HandlerKind {
         match self {
             Self::Log { .. } => "log",
             Self::Shell { .. } => "shell",
+            Self::Docker(_) => "docker",
         }
     }
 }
@@ -192,6 +194,26 @@ struct RawShell {
     #[serde(default)]
     env: BTreeMap<String, String>,
     output_tail: Option<usize>,
+}
+
+/// The keys of `docker` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    image: String,
+    container: Option<String>,
+    service: Option<String>,
+    #[serde(default)]
+    run_args: Vec<String>,
+    #[serde(default)]
+    command: Vec<String>,
+    stop_timeout: Option<String>,
+    health: Option<String>,
+    health_timeout: Option<String>,
+    #[serde(default)]
+    cleanup: bool,
+    docker: Option<String>,
+    docker_host: Option<String>,
 }
 
 /// The keys of `log` handlers beyond the common ones.
@@ -392,8 +414,8 @@ impl Parser<'_> {
             ));
         };
         let name = take_string("name")?.unwrap_or_else(|| kind.clone());
-        let repo = take_string("repo")?;
-        let tag = take_string("tag")?;
+        let mut repo = take_string("repo")?;
+        let mut tag = take_string("tag")?;
         let timeout = take_string("timeout")?
             .map(|t| {
                 humantime::parse_duration(&t).map_err(|e| {
@@ -444,6 +466,88 @@ impl Parser<'_> {
                     env: shell.env,
                     output_tail: shell.output_tail,
                 }
+            }
+            "docker" => {
+                let raw: RawDocker = self.rest(index, table, rest)?;
+                let at = |k: &str, message: String| {
+                    self.error_at(self.key_span(table, k), &key(k), message)
+                };
+                let duration = |k: &str, value: &Option<String>| {
+                    value
+                        .as_deref()
+                        .map(|t| {
+                            humantime::parse_duration(t).map_err(|e| {
+                                at(
+                                    k,
+                                    format!("{t:?} is not a duration like \"30s\" or \"10m\": {e}"),
+                                )
+                            })
+                        })
+                        .transpose()
+                };
+                // The deployed tags: the `tag` pattern, `latest` unless it says otherwise.
+                let pattern = tag.get_or_insert_with(|| "latest".to_owned()).clone();
+                // Pushes of other repositories need not even reach the handler.
+                if repo.is_none() {
+                    let path = match raw.image.split_once('/') {
+                        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => {
+                            path
+                        }
+                        _ => raw.image.as_str(),
+                    };
+                    if path.contains('/') {
+                        repo = Some(path.to_owned());
+                    }
+                }
+                let mut handler = match (&raw.container, &raw.service) {
+                    (Some(c), None) => DockerHandler::container(&name, &raw.image, c)
+                        .map(|h| h.run_args(raw.run_args.clone()).command(raw.command.clone())),
+                    (None, Some(s)) => {
+                        if !raw.run_args.is_empty() || !raw.command.is_empty() {
+                            return Err(at(
+                                if raw.run_args.is_empty() { "command" } else { "run_args" },
+                                "applies to containers only; a service keeps its own settings".into(),
+                            ));
+                        }
+                        DockerHandler::service(&name, &raw.image, s)
+                    }
+                    _ => {
+                        return Err(self.error_at(
+                            table.span(),
+                            &key("container"),
+                            "set exactly one of `container` (a container to redeploy) or `service` (a Swarm service)".into(),
+                        ))
+                    }
+                }
+                .map_err(|e| {
+                    let k = match e {
+                        hubhook_handlers::DockerError::Image(_) => "image",
+                        _ if raw.container.is_some() => "container",
+                        _ => "service",
+                    };
+                    at(k, e.to_string())
+                })?
+                .tag(pattern)
+                .cleanup(raw.cleanup);
+                if let Some(t) = duration("stop_timeout", &raw.stop_timeout)? {
+                    handler = handler.stop_timeout(t);
+                }
+                if let Some(t) = duration("health_timeout", &raw.health_timeout)? {
+                    handler = handler.health_timeout(t);
+                }
+                if let Some(health) = &raw.health {
+                    handler = handler.health(
+                        DockerHandler::parse_health(health)
+                            .map_err(|e| at("health", e.to_string()))?,
+                    );
+                }
+                if let Some(bin) = &raw.docker {
+                    handler = handler.docker_binary(bin);
+                }
+                if let Some(host) = &raw.docker_host {
+                    handler = handler.docker_host(host);
+                }
+                HandlerKind::Docker(Box::new(handler))
             }
             other => {
                 return Err(self.error_at(
@@ -644,7 +748,7 @@ mod tests {
         );
         assert_eq!(
             error(&format!("{KEY}\n[[handler]]\ntype = \"shel\"\n")),
-            "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell)"
+            "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker)"
         );
         assert!(error(&format!("{KEY}[[handler]]\nname = \"x\"\n"))
             .starts_with("hubhook.toml:3: handler[0].type: missing required key `type`"));
@@ -703,6 +807,58 @@ mod tests {
         ));
         assert!(
             e.starts_with("hubhook.toml:5: handler[0].command: invalid type: string"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn docker_handlers() {
+        let config = parse(&format!(
+            "{KEY}[[handler]]\nname = \"blog\"\ntype = \"docker\"\nimage = \"nathanleclaire/octoblog\"\n\
+             container = \"blog\"\nrun_args = [\"-p\", \"8000:80\"]\nhealth = \"http://127.0.0.1:8000/\"\n"
+        ))
+        .expect("valid docker handler");
+        let h = &config.handlers[0];
+        assert_eq!(
+            h.tag.as_deref(),
+            Some("latest"),
+            "docker deploys latest unless told"
+        );
+        assert_eq!(h.repo.as_deref(), Some("nathanleclaire/octoblog"));
+        assert!(matches!(h.kind, HandlerKind::Docker(_)));
+
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"docker\"\nimage = \"a/b\"\n"
+        ));
+        assert!(
+            e.starts_with("hubhook.toml:3: handler[0].container: set exactly one of"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"docker\"\ncontainer = \"x\"\n"
+        ));
+        assert!(
+            e.starts_with("hubhook.toml:3: handler[0].image: missing field `image`"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"docker\"\nimage = \"a/b:latest\"\ncontainer = \"x\"\n"
+        ));
+        assert!(
+            e.starts_with(
+                "hubhook.toml:5: handler[0].image: image \"a/b:latest\" is not a repository name"
+            ),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"docker\"\nimage = \"a/b\"\ncontainer = \"x\"\nhealth = \"https://x\"\n"
+        ));
+        assert!(e.starts_with("hubhook.toml:7: handler[0].health:"), "{e}");
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"docker\"\nimage = \"a/b\"\nservice = \"web\"\nrun_args = [\"-p\"]\n"
+        ));
+        assert!(
+            e.starts_with("hubhook.toml:7: handler[0].run_args: applies to containers only"),
             "{e}"
         );
     }

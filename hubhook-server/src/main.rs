@@ -276,6 +276,7 @@ fn route(spec: &HandlerSpec) -> Result<Route, String> {
             }
             Route::new(shell)
         }
+        HandlerKind::Docker(handler) => Route::new((**handler).clone()),
     };
     if let Some(repo) = &spec.repo {
         route = route.repo(repo);

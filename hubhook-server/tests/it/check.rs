@@ -55,7 +55,7 @@ fn broken_files_name_file_line_and_key() {
         // Unknown handler type.
         (
             format!("{AUTH}\n[[handler]]\nname = \"deploy\"\ntype = \"shel\"\n"),
-            "error: hubhook.toml:6: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell)",
+            "error: hubhook.toml:6: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker)",
         ),
         // Bad listen address.
         (
@@ -69,7 +69,7 @@ fn broken_files_name_file_line_and_key() {
         // Missing required key.
         (
             format!("{AUTH}\n[[handler]]\nname = \"audit\"\n"),
-            "error: hubhook.toml:4: handler[0].type: missing required key `type` (one of: log, shell)",
+            "error: hubhook.toml:4: handler[0].type: missing required key `type` (one of: log, shell, docker)",
         ),
         (
             format!("{AUTH}\n[tls]\nkey = \"key.pem\"\n"),
