@@ -173,5 +173,5 @@ fn the_sample_config_in_examples_passes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("handlers: audit (log)"), "{stdout}");
+    assert!(stdout.contains("handlers: audit (log), blog (docker)"), "{stdout}");
 }
