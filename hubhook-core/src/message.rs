@@ -210,6 +210,12 @@ impl HubMessage {
             },
         };
         let tag = string(push, "tag").unwrap_or_else(|| "latest".to_owned());
+        // A self-hosted registry may send its host in repo_name; `repo()` is always the
+        // path and the host goes to `registry`, as for every other provider.
+        let (registry, repo_name) = match split_registry(&repo_name) {
+            (Some(host), path) => (Some(host.to_owned()), path.to_owned()),
+            (None, _) => (None, repo_name),
+        };
 
         let mut msg = HubMessage {
             callback_url: string(&root, "callback_url"),
@@ -241,7 +247,7 @@ impl HubMessage {
                 comment_count: count(repo, "comment_count"),
             },
             source: SOURCE_DOCKERHUB.to_owned(),
-            registry: None,
+            registry,
             digest: None,
             raw: String::new(),
         };
@@ -421,6 +427,15 @@ mod tests {
             split_registry("localhost:5000/a"),
             (Some("localhost:5000"), "a")
         );
+    }
+
+    #[test]
+    fn a_registry_host_in_repo_name_moves_to_registry() {
+        let body = br#"{"push_data":{"tag":"v2"},"repository":{"repo_name":"127.0.0.1:5000/team/site"}}"#;
+        let msg = HubMessage::from_json(body).expect("valid");
+        assert_eq!(msg.repo(), "team/site");
+        assert_eq!(msg.registry.as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(msg.image(), "127.0.0.1:5000/team/site:v2");
     }
 
     #[test]
