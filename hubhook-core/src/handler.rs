@@ -122,6 +122,27 @@ impl DeliveryId {
     }
 }
 
+/// The text is not a delivery id (26 characters of Crockford base32).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a delivery id")]
+pub struct InvalidDeliveryId(pub String);
+
+impl std::str::FromStr for DeliveryId {
+    type Err = InvalidDeliveryId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let bytes = s.as_bytes();
+        // The first character holds only 3 bits of the 128.
+        if bytes.len() != 26 || bytes[0] > b'7' || !bytes.iter().all(|b| ALPHABET.contains(b)) {
+            return Err(InvalidDeliveryId(s.chars().take(40).collect()));
+        }
+        let mut id = [0u8; 26];
+        id.copy_from_slice(bytes);
+        Ok(Self(id))
+    }
+}
+
 impl fmt::Display for DeliveryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -214,5 +235,15 @@ mod tests {
         assert_ne!(a, b);
         assert!(a < b, "{a} < {b}");
         assert_eq!(a.as_str().len(), 26);
+        assert_eq!(a.as_str().parse::<DeliveryId>(), Ok(a));
+        assert!("01M8B5SD7KPZMFH3WBT9NWCNJ".parse::<DeliveryId>().is_err());
+        assert!(
+            "01M8B5SD7KPZMFH3WBT9NWCNJU".parse::<DeliveryId>().is_err(),
+            "U is not base32"
+        );
+        assert!(
+            "81M8B5SD7KPZMFH3WBT9NWCNJN".parse::<DeliveryId>().is_err(),
+            "overflows 128 bits"
+        );
     }
 }

@@ -73,6 +73,9 @@
 //! - `tls` (default): HTTPS through rustls with the `ring` provider ([`TlsConfig`]).
 //! - `tower`: [`HubhookService`] implements `tower::Service`, to mount it in axum or any
 //!   tower stack.
+//! - `plugin`: handler plugins as dynamic libraries, through a small C ABI: load them with
+//!   [`plugin::PluginHandler`], write them in Rust with [`export_plugin!`] (see
+//!   `docs/PLUGINS.md`).
 
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -84,6 +87,8 @@ mod handler;
 mod listener;
 mod message;
 mod metrics;
+#[cfg(feature = "plugin")]
+pub mod plugin;
 pub mod reference;
 mod service;
 #[cfg(feature = "tls")]
@@ -97,7 +102,7 @@ pub use async_trait::async_trait;
 struct ReadmeDoctests;
 pub use dispatch::{Pattern, Route};
 pub use error::Error;
-pub use handler::{Context, DeliveryId, Handler, HandlerError, Outcome};
+pub use handler::{Context, DeliveryId, Handler, HandlerError, InvalidDeliveryId, Outcome};
 pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
 pub use message::{
     HubMessage, MessageError, PushData, Repository, EXAMPLE_PAYLOAD, SOURCE_DOCKERHUB,

@@ -257,6 +257,29 @@ impl HubMessage {
         Ok(msg)
     }
 
+    /// Decodes what serializing a `HubMessage` produced: the Docker Hub shape plus
+    /// `source`, `registry` and `digest`, validated like any message.
+    ///
+    /// For messages that crossed a boundary hubhook itself controls (a plugin receives its
+    /// messages this way). Webhook bodies go through [`from_json`](Self::from_json), which
+    /// ignores those three fields: a payload cannot choose a digest or claim a source.
+    pub fn from_serialized(json: &[u8]) -> Result<Self, MessageError> {
+        let mut msg = Self::from_json(json)?;
+        let value: Value =
+            serde_json::from_slice(json).map_err(|e| MessageError::Json(e.to_string()))?;
+        if let Value::Object(root) = value {
+            if let Some(source) = string(&root, "source") {
+                msg.source = source;
+            }
+            if let Some(registry) = string(&root, "registry") {
+                msg.registry = Some(registry);
+            }
+            msg.digest = string(&root, "digest");
+        }
+        msg.validate()?;
+        Ok(msg)
+    }
+
     /// Builds a message for `repository:tag` from another source, validated like a decoded
     /// one. Fill in the other public fields as the source knows them.
     ///
@@ -431,11 +454,26 @@ mod tests {
 
     #[test]
     fn a_registry_host_in_repo_name_moves_to_registry() {
-        let body = br#"{"push_data":{"tag":"v2"},"repository":{"repo_name":"127.0.0.1:5000/team/site"}}"#;
+        let body =
+            br#"{"push_data":{"tag":"v2"},"repository":{"repo_name":"127.0.0.1:5000/team/site"}}"#;
         let msg = HubMessage::from_json(body).expect("valid");
         assert_eq!(msg.repo(), "team/site");
         assert_eq!(msg.registry.as_deref(), Some("127.0.0.1:5000"));
         assert_eq!(msg.image(), "127.0.0.1:5000/team/site:v2");
+    }
+
+    #[test]
+    fn serialized_messages_round_trip() {
+        let mut msg = HubMessage::new("127.0.0.1:5000/team/site", "v2").expect("valid");
+        msg.digest = Some(format!("sha256:{}", "a".repeat(64)));
+        msg.push_data.pusher = Some("alice".into());
+        let json = serde_json::to_vec(&msg).expect("serializes");
+        let back = HubMessage::from_serialized(&json).expect("decodes");
+        assert_eq!(back.image(), msg.image());
+        assert_eq!(back.source, "custom");
+        assert_eq!(back.push_data.pusher.as_deref(), Some("alice"));
+        // A webhook body cannot pick a digest.
+        assert_eq!(HubMessage::from_json(&json).expect("decodes").digest, None);
     }
 
     #[test]

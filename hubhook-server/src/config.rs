@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hubhook_core::plugin::PluginHandler;
 use hubhook_handlers::{DockerHandler, LogFormat};
 use serde::Deserialize;
 use toml::Spanned;
@@ -23,7 +24,7 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Keys shorter than this are refused: they can be guessed.
 const MIN_KEY_LEN: usize = 16;
 /// The handler types this build knows.
-const HANDLER_TYPES: &[&str] = &["log", "shell", "docker"];
+const HANDLER_TYPES: &[&str] = &["log", "shell", "docker", "plugin"];
 
 /// A configuration problem, with where it is.
 #[derive(Debug)]
@@ -97,6 +98,7 @@ pub(crate) enum HandlerKind {
         output_tail: Option<usize>,
     },
     Docker(Box<DockerHandler>),
+    Plugin(PluginHandler),
 }
 
 impl HandlerKind {
@@ -105,6 +107,7 @@ impl HandlerKind {
             Self::Log { .. } => "log",
             Self::Shell { .. } => "shell",
             Self::Docker(_) => "docker",
+            Self::Plugin(_) => "plugin",
         }
     }
 }
@@ -214,6 +217,15 @@ struct RawDocker {
     cleanup: bool,
     docker: Option<String>,
     docker_host: Option<String>,
+}
+
+/// The keys of `plugin` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: String,
+    #[serde(default)]
+    config: toml::Table,
 }
 
 /// The keys of `log` handlers beyond the common ones.
@@ -549,6 +561,23 @@ impl Parser<'_> {
                 }
                 HandlerKind::Docker(Box::new(handler))
             }
+            "plugin" => {
+                let raw: RawPlugin = self.rest(index, table, rest)?;
+                let config = serde_json::to_value(&raw.config).map_err(|e| {
+                    self.error_at(
+                        self.key_span(table, "config"),
+                        &key("config"),
+                        e.to_string(),
+                    )
+                })?;
+                // Loaded and initialised now: `hubhook check` catches a bad plugin too.
+                let plugin = PluginHandler::load(base.join(&raw.path), &config)
+                    .map_err(|e| {
+                        self.error_at(self.key_span(table, "path"), &key("path"), e.to_string())
+                    })?
+                    .with_name(&name);
+                HandlerKind::Plugin(plugin)
+            }
             other => {
                 return Err(self.error_at(
                     self.key_span(table, "type"),
@@ -748,7 +777,7 @@ mod tests {
         );
         assert_eq!(
             error(&format!("{KEY}\n[[handler]]\ntype = \"shel\"\n")),
-            "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker)"
+            "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker, plugin)"
         );
         assert!(error(&format!("{KEY}[[handler]]\nname = \"x\"\n"))
             .starts_with("hubhook.toml:3: handler[0].type: missing required key `type`"));

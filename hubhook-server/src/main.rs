@@ -150,7 +150,11 @@ fn run(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(work) {
+    let result = runtime.block_on(work);
+    // Dropping a runtime waits for every blocking thread, and a plugin call that timed out
+    // may never return: the graceful part of shutdown is over by now, so do not wait.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -277,6 +281,7 @@ fn route(spec: &HandlerSpec) -> Result<Route, String> {
             Route::new(shell)
         }
         HandlerKind::Docker(handler) => Route::new((**handler).clone()),
+        HandlerKind::Plugin(plugin) => Route::new(plugin.clone()),
     };
     if let Some(repo) = &spec.repo {
         route = route.repo(repo);

@@ -55,7 +55,7 @@ fn broken_files_name_file_line_and_key() {
         // Unknown handler type.
         (
             format!("{AUTH}\n[[handler]]\nname = \"deploy\"\ntype = \"shel\"\n"),
-            "error: hubhook.toml:6: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker)",
+            "error: hubhook.toml:6: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker, plugin)",
         ),
         // Bad listen address.
         (
@@ -69,7 +69,7 @@ fn broken_files_name_file_line_and_key() {
         // Missing required key.
         (
             format!("{AUTH}\n[[handler]]\nname = \"audit\"\n"),
-            "error: hubhook.toml:4: handler[0].type: missing required key `type` (one of: log, shell, docker)",
+            "error: hubhook.toml:4: handler[0].type: missing required key `type` (one of: log, shell, docker, plugin)",
         ),
         (
             format!("{AUTH}\n[tls]\nkey = \"key.pem\"\n"),
@@ -173,5 +173,8 @@ fn the_sample_config_in_examples_passes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("handlers: audit (log), blog (docker)"), "{stdout}");
+    assert!(
+        stdout.contains("handlers: audit (log), blog (docker)"),
+        "{stdout}"
+    );
 }

@@ -4,5 +4,6 @@
 #![allow(unreachable_pub, missing_debug_implementations)]
 
 mod check;
+mod plugins;
 mod serve;
 mod support;

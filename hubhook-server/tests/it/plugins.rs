@@ -1,0 +1,401 @@
+//! Plugins built here (cargo for Rust, cc for C) and loaded by the real `hubhook` binary.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where the test plugins are built; outside the workspace's own target dirs' crates.
+fn out_dir() -> PathBuf {
+    root().join("target/plugins")
+}
+
+/// The plugins, built once per test run.
+struct Built {
+    notify: PathBuf,
+    misbehave: PathBuf,
+    pushlog: PathBuf,
+    wrong_version: PathBuf,
+    small_table: PathBuf,
+    no_symbol: PathBuf,
+    null_table: PathBuf,
+}
+
+fn plugins() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        for manifest in [
+            "examples/plugin-notify/Cargo.toml",
+            "hubhook-server/tests/plugins/misbehave/Cargo.toml",
+        ] {
+            let out = Command::new(&cargo)
+                .args(["build", "--release", "--quiet", "--manifest-path"])
+                .arg(root().join(manifest))
+                .arg("--target-dir")
+                .arg(out_dir())
+                .output()
+                .expect("run cargo");
+            assert!(
+                out.status.success(),
+                "building {manifest} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let c_dir = out_dir().join("c");
+        std::fs::create_dir_all(&c_dir).expect("c dir");
+        let cc = |source: &str, define: Option<&str>, name: &str| -> PathBuf {
+            let lib = c_dir.join(name);
+            let mut command = Command::new("cc");
+            command
+                .args([
+                    "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-pthread", "-I",
+                ])
+                .arg(root());
+            if let Some(d) = define {
+                command.arg(format!("-D{d}"));
+            }
+            let out = command
+                .arg("-o")
+                .arg(&lib)
+                .arg(root().join(source))
+                .output()
+                .expect("run cc");
+            assert!(
+                out.status.success(),
+                "cc {source} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            lib
+        };
+        let bad = "hubhook-server/tests/plugins/bad_abi.c";
+        Built {
+            notify: out_dir().join("release/libhubhook_notify.so"),
+            misbehave: out_dir().join("release/libhubhook_misbehave.so"),
+            pushlog: cc("examples/plugin-c/pushlog.c", None, "libpushlog.so"),
+            wrong_version: cc(bad, Some("WRONG_VERSION"), "libwrong_version.so"),
+            small_table: cc(bad, Some("SMALL_TABLE"), "libsmall_table.so"),
+            no_symbol: cc(bad, Some("NO_SYMBOL"), "libno_symbol.so"),
+            null_table: cc(bad, Some("NULL_TABLE"), "libnull_table.so"),
+        }
+    })
+}
+
+/// An HTTP receiver on 127.0.0.1: hands over each request body, answers 200.
+fn receiver() -> (String, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/pushes", listener.local_addr().expect("addr"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut data = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head, then as much body as Content-Length says.
+            let body = loop {
+                let Ok(n) = stream.read(&mut chunk) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                data.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&data).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break Some(body.to_owned());
+                    }
+                }
+            };
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Some(body) = body {
+                let _ = tx.send(body);
+            }
+        }
+    });
+    (url, rx)
+}
+
+fn plugin_table(name: &str, path: &Path, config: &str) -> String {
+    format!("[[handler]]\nname = \"{name}\"\ntype = \"plugin\"\npath = \"{}\"\ntimeout = \"2s\"\n[handler.config]\n{config}\n", path.display())
+}
+
+#[test]
+fn rust_and_c_plugins_receive_a_posted_webhook() {
+    let built = plugins();
+    let dir = TempDir::new("plugins-ok");
+    let (url, pushes) = receiver();
+    let log = dir.path().join("pushes.jsonl");
+    let config = config(
+        &dir,
+        &format!(
+            "{}{}",
+            plugin_table("notify", &built.notify, &format!("url = \"{url}\"")),
+            plugin_table(
+                "pushlog",
+                &built.pushlog,
+                &format!("file = \"{}\"", log.display())
+            ),
+        ),
+    );
+    let mut server = Server::start(
+        &["--config", config.to_str().expect("utf8")],
+        dir.path(),
+        &[],
+    );
+    let startup = server.wait_for_stderr("listening on");
+    assert!(
+        startup.contains("2 handler(s): notify, pushlog"),
+        "{startup}"
+    );
+
+    let (status, answer) = request(
+        server.addr,
+        "POST",
+        &format!("/hubhook?apikey={KEY}"),
+        &[],
+        hubhook_core::EXAMPLE_PAYLOAD.as_bytes(),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let delivery: serde_json::Value = serde_json::from_str(&answer).expect("json");
+    let delivery = delivery["delivery"].as_str().expect("id").to_owned();
+
+    // The Rust plugin posted its notification to the receiver.
+    let body = pushes
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a notification");
+    let note: serde_json::Value = serde_json::from_str(&body).expect("notification is JSON");
+    assert_eq!(note["event"], "push");
+    assert_eq!(note["image"], "svendowideit/testhook:latest");
+    assert_eq!(note["pusher"], "trustedbuilder");
+    assert_eq!(note["delivery"], delivery.as_str());
+
+    // The C plugin appended the delivery it was handed.
+    let line = server.wait_for_stderr("appended the delivery");
+    assert!(line.contains("pushlog"), "{line}");
+    let written = std::fs::read_to_string(&log).expect("log file");
+    let entry: serde_json::Value =
+        serde_json::from_str(written.lines().next().expect("a line")).expect("JSON line");
+    assert_eq!(entry["delivery"], delivery.as_str());
+    assert_eq!(entry["attempt"], 1);
+    assert_eq!(
+        entry["message"]["repository"]["repo_name"],
+        "svendowideit/testhook"
+    );
+    server.wait_for_stderr("notified 127.0.0.1");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn bad_plugins_are_refused_naming_the_library_and_the_reason() {
+    let built = plugins();
+    let dir = TempDir::new("plugins-bad");
+    let text_file = dir.path().join("not-a-library.so");
+    std::fs::write(&text_file, "just text\n").expect("write");
+    let missing = dir.path().join("missing.so");
+    let cases: Vec<(PathBuf, &str, String)> = vec![
+        (
+            missing.clone(),
+            "",
+            format!("plugin {}: cannot load the library: ", missing.display()),
+        ),
+        (
+            text_file.clone(),
+            "",
+            format!("plugin {}: cannot load the library: ", text_file.display()),
+        ),
+        (
+            built.no_symbol.clone(),
+            "",
+            format!(
+                "plugin {}: no `hubhook_plugin_v1` symbol",
+                built.no_symbol.display()
+            ),
+        ),
+        (
+            built.null_table.clone(),
+            "",
+            format!(
+                "plugin {}: hubhook_plugin_v1 returned no table",
+                built.null_table.display()
+            ),
+        ),
+        (
+            built.wrong_version.clone(),
+            "",
+            format!(
+                "plugin {}: ABI version 99, this hubhook speaks version 1",
+                built.wrong_version.display()
+            ),
+        ),
+        (
+            built.small_table.clone(),
+            "",
+            format!(
+                "plugin {}: its table is 48 bytes, version 1 needs 72",
+                built.small_table.display()
+            ),
+        ),
+        (
+            built.misbehave.clone(),
+            "mode = \"refuse\"",
+            format!(
+                "plugin {}: init failed: refusing to start: mode is \"refuse\"",
+                built.misbehave.display()
+            ),
+        ),
+        (
+            built.misbehave.clone(),
+            "mode = \"init-panic\"",
+            format!(
+                "plugin {}: init failed: init panicked: init fell over",
+                built.misbehave.display()
+            ),
+        ),
+        (
+            built.pushlog.clone(),
+            "",
+            format!(
+                "plugin {}: init failed: config needs \"file\"",
+                built.pushlog.display()
+            ),
+        ),
+    ];
+    for (path, plugin_config, want) in cases {
+        config(&dir, &plugin_table("p", &path, plugin_config));
+        let out = hubhook(&["check", "--config", "hubhook.toml"], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let prefix = "error: hubhook.toml:6: handler[0].path: ";
+        // (A panicking plugin's own panic hook may print first: look for our line.)
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{prefix}{want}"))),
+            "want: {prefix}{want}\ngot:  {stderr}"
+        );
+        // And `serve` refuses to start with the same words.
+        let out = hubhook(&["serve", "--config", "hubhook.toml"], dir.path());
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&want));
+    }
+}
+
+#[test]
+fn panics_and_hangs_are_contained_and_the_next_delivery_is_fine() {
+    let built = plugins();
+    let dir = TempDir::new("plugins-contained");
+    let config = config(
+        &dir,
+        &format!(
+            "{}{}{}",
+            plugin_table("panicky", &built.misbehave, "mode = \"panic\""),
+            plugin_table("hangs", &built.misbehave, "mode = \"hang\""),
+            plugin_table("fails", &built.misbehave, "mode = \"fail\""),
+        ),
+    );
+    let mut server = Server::start(
+        &["--config", config.to_str().expect("utf8")],
+        dir.path(),
+        &[],
+    );
+    let addr = server.addr;
+    let post = |tag: &str| {
+        let body = format!(
+            r#"{{"push_data":{{"tag":"{tag}"}},"repository":{{"repo_name":"acme/site"}}}}"#
+        );
+        request(
+            addr,
+            "POST",
+            &format!("/hubhook?apikey={KEY}"),
+            &[],
+            body.as_bytes(),
+        )
+        .0
+    };
+    assert_eq!(post("latest"), 202);
+    let panicked = server.wait_for_stderr("handler panicked");
+    assert!(
+        panicked.contains("handler=\"panicky\"")
+            && panicked.contains("the plugin panicked on acme/site:latest"),
+        "{panicked}"
+    );
+    let failed = server.wait_for_stderr("failing acme/site:latest on purpose");
+    assert!(failed.contains("handler=\"fails\""), "{failed}");
+    let timed_out = server.wait_for_stderr("timed out after 2s");
+    assert!(timed_out.contains("handler=\"hangs\""), "{timed_out}");
+
+    // The server still serves, and the same plugins handle the next delivery normally.
+    assert_eq!(request(server.addr, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(post("ok"), 202);
+    for _ in 0..500 {
+        if server
+            .stderr()
+            .matches("misbehave saw acme/site:ok")
+            .count()
+            == 3
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        server
+            .stderr()
+            .matches("misbehave saw acme/site:ok")
+            .count(),
+        3,
+        "{}",
+        server.stderr()
+    );
+    let (_, metrics) = request(server.addr, "GET", "/metrics", &[], b"");
+    assert!(
+        metrics.contains("hubhook_handler_runs_total{handler=\"panicky\",outcome=\"panic\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hubhook_handler_runs_total{handler=\"hangs\",outcome=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn the_rust_plugin_uses_other_dependency_versions_than_the_host() {
+    let version = |lock: &str, krate: &str| -> String {
+        let text = std::fs::read_to_string(root().join(lock)).expect("lock file");
+        let at = text
+            .find(&format!("name = \"{krate}\"\nversion = \""))
+            .unwrap_or_else(|| panic!("{krate} not in {lock}"));
+        text[at..].lines().nth(1).unwrap_or("").to_owned()
+    };
+    for krate in ["tokio", "serde_json"] {
+        let host = version("Cargo.lock", krate);
+        let plugin = version("examples/plugin-notify/Cargo.lock", krate);
+        assert_ne!(
+            host, plugin,
+            "{krate}: the plugin should pin another version than the host"
+        );
+    }
+    // And it works: rust_and_c_plugins_receive_a_posted_webhook loads exactly that build.
+    assert!(plugins().notify.exists());
+}
