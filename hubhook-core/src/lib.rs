@@ -89,6 +89,7 @@ mod message;
 mod metrics;
 #[cfg(feature = "plugin")]
 pub mod plugin;
+mod provider;
 pub mod reference;
 mod service;
 #[cfg(feature = "tls")]
@@ -107,6 +108,7 @@ pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
 pub use message::{
     HubMessage, MessageError, PushData, Repository, EXAMPLE_PAYLOAD, SOURCE_DOCKERHUB,
 };
-pub use service::{HubhookService, HubhookServiceBuilder, DEFAULT_MAX_BODY, DEFAULT_PATH};
+pub use provider::{Generic, Provider};
+pub use service::{Hook, HubhookService, HubhookServiceBuilder, DEFAULT_MAX_BODY, DEFAULT_PATH};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

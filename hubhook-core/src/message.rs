@@ -356,6 +356,11 @@ impl HubMessage {
         &self.raw
     }
 
+    /// Keeps `body` as the raw JSON this message came from.
+    pub(crate) fn set_raw(&mut self, body: &[u8]) {
+        self.raw = String::from_utf8_lossy(body).into_owned();
+    }
+
     fn full_name(&self) -> String {
         match &self.registry {
             Some(host) => format!("{host}/{}", self.repository.repo_name),

@@ -19,7 +19,8 @@ use crate::auth::ApiKeys;
 use crate::dispatch::{Dispatcher, Route};
 use crate::handler::{DeliveryId, Handler};
 use crate::metrics::Metrics;
-use crate::{Error, HubMessage};
+use crate::provider::{Decoded, Provider, RecentEvents, Refusal};
+use crate::Error;
 
 /// The default hook path.
 pub const DEFAULT_PATH: &str = "/hubhook";
@@ -55,8 +56,7 @@ pub struct HubhookService {
 
 #[derive(Debug)]
 struct Inner {
-    path: String,
-    keys: ApiKeys,
+    hooks: Vec<HookState>,
     max_body: u64,
     read_timeout: Duration,
     draining: AtomicBool,
@@ -68,9 +68,9 @@ struct Inner {
 #[derive(Debug)]
 #[must_use]
 pub struct HubhookServiceBuilder {
-    path: String,
-    keys: ApiKeys,
-    allow_unauthenticated: bool,
+    shorthand: Hook,
+    shorthand_used: bool,
+    hooks: Vec<Hook>,
     max_body: u64,
     read_timeout: Duration,
     max_pending: usize,
@@ -78,23 +78,35 @@ pub struct HubhookServiceBuilder {
 }
 
 impl HubhookServiceBuilder {
-    /// The path webhooks are posted to; default `/hubhook`.
+    /// The path of the Docker Hub hook; default `/hubhook`. (This and [`api_key`](Self::api_key)
+    /// configure the Docker Hub hook; [`hook`](Self::hook) adds others.)
     pub fn path(mut self, path: impl Into<String>) -> Self {
-        self.path = path.into();
+        self.shorthand.path = path.into();
+        self.shorthand_used = true;
         self
     }
 
-    /// Adds a key that authenticates requests (as `?apikey=` or `Authorization: Bearer`).
-    /// Call it again to accept several keys at once, for rotation.
+    /// Adds a key that authenticates requests to the Docker Hub hook (as `?apikey=` or
+    /// `Authorization: Bearer`). Call it again to accept several keys at once, for rotation.
     pub fn api_key(mut self, key: impl AsRef<[u8]>) -> Self {
-        self.keys.add(key.as_ref());
+        self.shorthand = self.shorthand.api_key(key);
+        self.shorthand_used = true;
         self
     }
 
-    /// Lets [`build`](Self::build) succeed with no key: anyone who can reach the hook can
-    /// trigger handlers. Keys that are configured are still required.
+    /// Lets [`build`](Self::build) succeed with no key on the Docker Hub hook: anyone who
+    /// can reach it can trigger handlers. Keys that are configured are still required.
     pub fn allow_unauthenticated(mut self, allow: bool) -> Self {
-        self.allow_unauthenticated = allow;
+        self.shorthand = self.shorthand.allow_unauthenticated(allow);
+        self.shorthand_used = true;
+        self
+    }
+
+    /// Adds a hook: another path, provider and authentication. When only `hook` is used
+    /// (no [`path`](Self::path) or [`api_key`](Self::api_key)), there is no Docker Hub hook
+    /// at `/hubhook`.
+    pub fn hook(mut self, hook: Hook) -> Self {
+        self.hooks.push(hook);
         self
     }
 
@@ -132,20 +144,29 @@ impl HubhookServiceBuilder {
     /// Checks the settings and builds the service. Building needs no runtime; answering
     /// requests does (handlers are spawned on the current tokio runtime).
     pub fn build(self) -> Result<HubhookService, Error> {
-        if !self.path.starts_with('/') || self.path.contains(['?', '#']) {
-            return Err(Error::InvalidPath(self.path));
+        let mut hooks = self.hooks;
+        if self.shorthand_used || hooks.is_empty() {
+            hooks.insert(0, self.shorthand);
         }
-        if self.path == HEALTH_PATH || self.path == METRICS_PATH {
-            return Err(Error::InvalidPath(self.path));
-        }
-        if self.keys.is_empty() && !self.allow_unauthenticated {
-            return Err(Error::NoApiKey);
-        }
-        if self.keys.is_empty() {
-            tracing::warn!(
-                path = %self.path,
-                "no API key configured: anyone who can reach the hook can trigger handlers"
-            );
+        for (i, hook) in hooks.iter().enumerate() {
+            let path = &hook.path;
+            if !path.starts_with('/')
+                || path.contains(['?', '#'])
+                || path == HEALTH_PATH
+                || path == METRICS_PATH
+                || hooks[..i].iter().any(|h| h.path == *path)
+            {
+                return Err(Error::InvalidPath(path.clone()));
+            }
+            if hook.keys.is_empty() && !hook.allow_unauthenticated && !hook.provider.is_signed() {
+                return Err(Error::NoApiKey);
+            }
+            if hook.keys.is_empty() && !hook.provider.is_signed() {
+                tracing::warn!(
+                    path = %path,
+                    "no API key configured: anyone who can reach the hook can trigger handlers"
+                );
+            }
         }
         let mut names: Vec<&str> = self.routes.iter().map(Route::name).collect();
         names.sort_unstable();
@@ -155,8 +176,13 @@ impl HubhookServiceBuilder {
         let metrics = Arc::new(Metrics::new(names.iter().copied()));
         Ok(HubhookService {
             inner: Arc::new(Inner {
-                path: self.path,
-                keys: self.keys,
+                hooks: hooks
+                    .into_iter()
+                    .map(|hook| HookState {
+                        hook,
+                        recent: RecentEvents::default(),
+                    })
+                    .collect(),
                 max_body: self.max_body,
                 read_timeout: self.read_timeout,
                 draining: AtomicBool::new(false),
@@ -171,9 +197,9 @@ impl HubhookService {
     /// A builder with the defaults: path `/hubhook`, 1 MiB bodies, no handlers, no keys.
     pub fn builder() -> HubhookServiceBuilder {
         HubhookServiceBuilder {
-            path: DEFAULT_PATH.to_owned(),
-            keys: ApiKeys::default(),
-            allow_unauthenticated: false,
+            shorthand: Hook::new(DEFAULT_PATH, Provider::DockerHub),
+            shorthand_used: false,
+            hooks: Vec::new(),
             max_body: DEFAULT_MAX_BODY,
             read_timeout: Duration::from_secs(30),
             max_pending: 1024,
@@ -181,9 +207,21 @@ impl HubhookService {
         }
     }
 
-    /// The hook path.
+    /// The path of the first hook (the Docker Hub hook, when there is one).
     pub fn path(&self) -> &str {
-        &self.inner.path
+        self.inner
+            .hooks
+            .first()
+            .map_or("", |h| h.hook.path.as_str())
+    }
+
+    /// Every hook's path and provider name.
+    pub fn hooks(&self) -> Vec<(String, &'static str)> {
+        self.inner
+            .hooks
+            .iter()
+            .map(|h| (h.hook.path.clone(), h.hook.provider.name()))
+            .collect()
     }
 
     /// The names of the configured handlers, in the order they were added.
@@ -213,8 +251,8 @@ impl HubhookService {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = req.uri().path();
-        if path == self.inner.path {
-            return self.hook(req).await;
+        if let Some(hook) = self.inner.hooks.iter().find(|h| h.hook.path == path) {
+            return self.hook(req, hook).await;
         }
         let readable = matches!(*req.method(), Method::GET | Method::HEAD);
         match path {
@@ -233,11 +271,12 @@ impl HubhookService {
         }
     }
 
-    async fn hook<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    async fn hook<B>(&self, req: Request<B>, state: &HookState) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let hook = &state.hook;
         if req.method() != Method::POST {
             return with_header(
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
@@ -246,7 +285,7 @@ impl HubhookService {
             );
         }
         let (parts, body) = req.into_parts();
-        if !self.inner.keys.is_empty() && !self.inner.keys.allows(&parts) {
+        if !hook.keys.is_empty() && !hook.keys.allows(&parts) {
             // One body for every way of failing, so a probe learns nothing about keys.
             tracing::info!(
                 path = parts.uri.path(),
@@ -284,35 +323,71 @@ impl HubhookService {
                 )
             }
         };
+        if let Err(Refusal::Unauthorized) = hook.provider.verify(&parts.headers, &bytes) {
+            tracing::info!(
+                path = parts.uri.path(),
+                "refused a request without a valid signature"
+            );
+            return error(StatusCode::UNAUTHORIZED, "unauthorized");
+        }
         if self.inner.draining.load(Ordering::Acquire) {
             return unavailable("shutting down");
         }
-        let msg = match HubMessage::from_json(&bytes) {
-            Ok(msg) => msg,
-            Err(e) => {
-                tracing::info!(path = parts.uri.path(), reason = %e, "refused a payload");
-                return error(StatusCode::BAD_REQUEST, &e.to_string());
+        let messages = match hook.provider.decode(&parts.headers, &bytes) {
+            Ok(Decoded::Messages(messages)) => messages,
+            Ok(Decoded::Ignored(reason)) => {
+                tracing::info!(path = parts.uri.path(), reason, "ignored a webhook");
+                let body = serde_json::json!({ "ignored": reason }).to_string();
+                return text(StatusCode::OK, "application/json", body);
+            }
+            Err(refusal) => {
+                let reason = match refusal {
+                    Refusal::BadRequest(reason) => reason,
+                    Refusal::Unauthorized => "unauthorized".to_owned(),
+                };
+                tracing::info!(path = parts.uri.path(), reason = %reason, "refused a payload");
+                return error(StatusCode::BAD_REQUEST, &reason);
             }
         };
-        let delivery = DeliveryId::generate();
-        let (repo, tag) = (msg.repo().to_owned(), msg.tag().to_owned());
-        match self.inner.dispatcher.dispatch(msg, delivery) {
-            Ok(handlers) => {
-                self.inner.metrics.record_accepted();
-                tracing::info!(%delivery, repo, tag, handlers, "accepted a delivery");
-                let body = serde_json::json!({ "delivery": delivery.as_str() }).to_string();
-                text(StatusCode::ACCEPTED, "application/json", body)
+        let mut accepted = Vec::new();
+        for (msg, event) in messages {
+            // A registry redelivers an envelope it got no 2xx for: act on each event once.
+            if event.as_deref().is_some_and(|id| state.recent.seen(id)) {
+                continue;
             }
-            Err(_) => {
-                let reason = if self.inner.dispatcher.is_closed() {
-                    "shutting down"
-                } else {
-                    "too many deliveries in progress"
-                };
-                tracing::warn!(repo, tag, reason, "refused a delivery with 503");
-                unavailable(reason)
+            let delivery = DeliveryId::generate();
+            let (repo, tag) = (msg.repo().to_owned(), msg.tag().to_owned());
+            match self.inner.dispatcher.dispatch(msg, delivery) {
+                Ok(handlers) => {
+                    self.inner.metrics.record_accepted();
+                    tracing::info!(%delivery, source = hook.provider.name(), repo, tag, handlers, "accepted a delivery");
+                    if let Some(id) = &event {
+                        state.recent.remember(id);
+                    }
+                    accepted.push(delivery);
+                }
+                Err(_) => {
+                    let reason = if self.inner.dispatcher.is_closed() {
+                        "shutting down"
+                    } else {
+                        "too many deliveries in progress"
+                    };
+                    tracing::warn!(repo, tag, reason, "refused a delivery with 503");
+                    return unavailable(reason);
+                }
             }
         }
+        let body = match accepted.as_slice() {
+            [] => {
+                let body = serde_json::json!({ "ignored": "every event was handled already" });
+                return text(StatusCode::OK, "application/json", body.to_string());
+            }
+            [one] => serde_json::json!({ "delivery": one.as_str() }),
+            many => {
+                serde_json::json!({ "deliveries": many.iter().map(DeliveryId::as_str).collect::<Vec<_>>() })
+            }
+        };
+        text(StatusCode::ACCEPTED, "application/json", body.to_string())
     }
 
     fn too_large(&self) -> Response<Full<Bytes>> {
@@ -336,6 +411,57 @@ impl HubhookService {
     pub(crate) fn begin_shutdown(&self) {
         self.inner.draining.store(true, Ordering::Release);
     }
+}
+
+/// One webhook endpoint: a path, the provider whose payloads it takes, and who may call it.
+///
+/// ```
+/// use hubhook_core::{Hook, HubhookService, Provider};
+///
+/// let service = HubhookService::builder()
+///     .hook(Hook::new("/registry", Provider::Registry).api_key("token-the-registry-sends"))
+///     .hook(Hook::new("/github", Provider::GitHub { secret: "webhook secret".into() }))
+///     .build()?;
+/// # Ok::<(), hubhook_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Hook {
+    path: String,
+    provider: Provider,
+    keys: ApiKeys,
+    allow_unauthenticated: bool,
+}
+
+impl Hook {
+    /// A hook at `path` taking `provider`'s payloads.
+    pub fn new(path: impl Into<String>, provider: Provider) -> Self {
+        Self {
+            path: path.into(),
+            provider,
+            keys: ApiKeys::default(),
+            allow_unauthenticated: false,
+        }
+    }
+
+    /// Adds an accepted key (`?apikey=` or `Authorization: Bearer`); several may be valid.
+    #[must_use]
+    pub fn api_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.keys.add(key.as_ref());
+        self
+    }
+
+    /// Accepts requests with no key (signed providers still check their signature).
+    #[must_use]
+    pub fn allow_unauthenticated(mut self, allow: bool) -> Self {
+        self.allow_unauthenticated = allow;
+        self
+    }
+}
+
+#[derive(Debug)]
+struct HookState {
+    hook: Hook,
+    recent: RecentEvents,
 }
 
 fn is_json(value: &HeaderValue) -> bool {

@@ -8,4 +8,5 @@ mod contract;
 mod dispatch;
 mod logs;
 mod properties;
+mod providers;
 mod support;

@@ -1,0 +1,434 @@
+//! Providers: how each registry's webhook becomes [`HubMessage`]s.
+//!
+//! - Docker Hub: the payload *is* a `HubMessage`.
+//! - Distribution registry (also GitLab's and Harbor's notifications): an envelope of
+//!   events; only manifest pushes with a tag act, everything else is answered and ignored.
+//! - GitHub packages: `package` / `registry_package` events for container images,
+//!   authenticated by `X-Hub-Signature-256`.
+//! - Generic: any JSON with the repository and tag at configured JSON pointers.
+//!
+//! Every value taken from a payload goes through [`HubMessage::validate`] before it is
+//! returned, exactly like a Docker Hub payload.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::message::{MessageError, SOURCE_DOCKERHUB};
+use crate::HubMessage;
+
+/// How many registry event ids a hook remembers to act on each once.
+const REMEMBERED_EVENTS: usize = 4096;
+
+/// Which registry's webhooks a hook receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Provider {
+    /// Docker Hub's webhook payload.
+    DockerHub,
+    /// Distribution registry notifications (`application/vnd.docker.distribution.events.v1+json`).
+    Registry,
+    /// GitHub `package` / `registry_package` events, signed with this secret.
+    GitHub {
+        /// The webhook secret configured on GitHub.
+        secret: String,
+    },
+    /// Any JSON: repository and tag at JSON pointers, optionally signed.
+    Generic(Generic),
+}
+
+/// Where a generic hook finds things in the JSON body (RFC 6901 pointers), and how it is
+/// signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Generic {
+    /// Pointer to the repository (`"/repository/name"`); a registry host in it is kept.
+    pub repo: String,
+    /// Pointer to the tag (`"/tag"`).
+    pub tag: String,
+    /// Pointer to the digest, if the sender gives one.
+    pub digest: Option<String>,
+    /// A header holding a hex HMAC-SHA256 of the body (`sha256=` prefix optional), with the
+    /// secret, when the sender signs its requests.
+    pub signature: Option<(String, String)>,
+}
+
+impl Generic {
+    /// Repository and tag at these pointers, unsigned.
+    pub fn new(repo: impl Into<String>, tag: impl Into<String>) -> Self {
+        Self {
+            repo: repo.into(),
+            tag: tag.into(),
+            digest: None,
+            signature: None,
+        }
+    }
+
+    /// Also reads the digest at this pointer.
+    #[must_use]
+    pub fn digest(mut self, pointer: impl Into<String>) -> Self {
+        self.digest = Some(pointer.into());
+        self
+    }
+
+    /// Requires `header` to hold the HMAC-SHA256 of the body under `secret`.
+    #[must_use]
+    pub fn signed(mut self, header: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.signature = Some((header.into(), secret.into()));
+        self
+    }
+}
+
+/// What a provider made of a body.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// Messages to dispatch, each with its provider event id when it has one.
+    Messages(Vec<(HubMessage, Option<String>)>),
+    /// Nothing to do; the reason is answered with 200.
+    Ignored(String),
+}
+
+/// Why a body was refused.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// 401: a signature is missing or wrong.
+    Unauthorized,
+    /// 400, with the reason.
+    BadRequest(String),
+}
+
+impl From<MessageError> for Refusal {
+    fn from(e: MessageError) -> Self {
+        Refusal::BadRequest(e.to_string())
+    }
+}
+
+impl Provider {
+    /// The provider's name in configuration and in `HubMessage::source`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::DockerHub => SOURCE_DOCKERHUB,
+            Self::Registry => "registry",
+            Self::GitHub { .. } => "github",
+            Self::Generic(_) => "generic",
+        }
+    }
+
+    /// Whether requests must carry a signature instead of (or besides) an API key.
+    pub(crate) fn is_signed(&self) -> bool {
+        match self {
+            Self::GitHub { .. } => true,
+            Self::Generic(g) => g.signature.is_some(),
+            _ => false,
+        }
+    }
+
+    /// Checks the signature, when this provider has one; constant time.
+    pub(crate) fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+        let (header, secret, prefixed) = match self {
+            Self::GitHub { secret } => ("x-hub-signature-256", secret.as_str(), true),
+            Self::Generic(Generic {
+                signature: Some((header, secret)),
+                ..
+            }) => (header.as_str(), secret.as_str(), false),
+            _ => return Ok(()),
+        };
+        let Some(value) = headers.get(header).and_then(|v| v.to_str().ok()) else {
+            return Err(Refusal::Unauthorized);
+        };
+        let hex = match value.strip_prefix("sha256=") {
+            Some(hex) => hex,
+            // GitHub always prefixes; another algorithm's prefix is a refusal, not a guess.
+            None if prefixed || value.contains('=') => return Err(Refusal::Unauthorized),
+            None => value,
+        };
+        let Some(given) = decode_hex(hex) else {
+            return Err(Refusal::Unauthorized);
+        };
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+            .map_err(|_| Refusal::Unauthorized)?;
+        mac.update(body);
+        // verify_slice compares in constant time.
+        mac.verify_slice(&given).map_err(|_| Refusal::Unauthorized)
+    }
+
+    /// Turns a body into messages (or a reason to ignore it).
+    pub(crate) fn decode(&self, headers: &HeaderMap, body: &[u8]) -> Result<Decoded, Refusal> {
+        match self {
+            Self::DockerHub => Ok(Decoded::Messages(vec![(
+                HubMessage::from_json(body)?,
+                None,
+            )])),
+            Self::Registry => registry(body),
+            Self::GitHub { .. } => github(headers, body),
+            Self::Generic(g) => generic(g, body),
+        }
+    }
+}
+
+fn parse(body: &[u8]) -> Result<Value, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|e| Refusal::BadRequest(format!("body is not valid JSON: {e}")))
+}
+
+fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// A message for `repository` (a registry host in front is kept apart), validated.
+fn message(
+    source: &str,
+    registry: Option<&str>,
+    repository: &str,
+    tag: &str,
+    digest: Option<&str>,
+    pusher: Option<&str>,
+    raw: &[u8],
+) -> Result<HubMessage, Refusal> {
+    let full = match registry {
+        Some(host) => format!("{host}/{repository}"),
+        None => repository.to_owned(),
+    };
+    let mut msg = HubMessage::new(&full, tag)?;
+    msg.source = source.to_owned();
+    msg.digest = digest.map(str::to_owned);
+    msg.push_data.pusher = pusher.map(str::to_owned);
+    msg.set_raw(raw);
+    msg.validate()?;
+    Ok(msg)
+}
+
+/// Distribution's notification envelope: `{"events": [...]}`.
+fn registry(body: &[u8]) -> Result<Decoded, Refusal> {
+    let root = parse(body)?;
+    let Some(events) = root.get("events").and_then(Value::as_array) else {
+        return Err(Refusal::BadRequest(
+            "not a registry notification: no \"events\" list".into(),
+        ));
+    };
+    let mut messages = Vec::new();
+    let mut skipped = Vec::new();
+    for event in events {
+        let action = event.get("action").and_then(Value::as_str).unwrap_or("");
+        let media = text(event, "/target/mediaType").unwrap_or("");
+        let tag = text(event, "/target/tag");
+        let is_manifest = media.contains("manifest") || media.contains("image.index");
+        match (action, is_manifest, tag) {
+            ("push", true, Some(tag)) => {
+                let Some(repository) = text(event, "/target/repository") else {
+                    return Err(Refusal::BadRequest(
+                        "a push event has no target.repository".into(),
+                    ));
+                };
+                let msg = message(
+                    "registry",
+                    text(event, "/request/host"),
+                    repository,
+                    tag,
+                    text(event, "/target/digest"),
+                    text(event, "/actor/name"),
+                    body,
+                )?;
+                messages.push((msg, text(event, "/id").map(str::to_owned)));
+            }
+            ("push", true, None) => skipped.push("manifest push without a tag".to_owned()),
+            ("push", false, _) => skipped.push("blob push".to_owned()),
+            (other, _, _) => skipped.push(format!(
+                "{} event",
+                if other.is_empty() { "unnamed" } else { other }
+            )),
+        }
+    }
+    if messages.is_empty() {
+        skipped.dedup();
+        let why = if skipped.is_empty() {
+            "no events".to_owned()
+        } else {
+            skipped.join(", ")
+        };
+        return Ok(Decoded::Ignored(format!("nothing to deploy: {why}")));
+    }
+    Ok(Decoded::Messages(messages))
+}
+
+/// GitHub's `package` and `registry_package` events.
+fn github(headers: &HeaderMap, body: &[u8]) -> Result<Decoded, Refusal> {
+    let event = headers
+        .get("x-github-event")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if event == "ping" {
+        return Ok(Decoded::Ignored("ping".into()));
+    }
+    if event != "package" && event != "registry_package" {
+        return Ok(Decoded::Ignored(format!(
+            "event {event:?} is not a package event"
+        )));
+    }
+    let root = parse(body)?;
+    let action = root.get("action").and_then(Value::as_str).unwrap_or("");
+    if action != "published" && action != "updated" {
+        return Ok(Decoded::Ignored(format!("package action {action:?}")));
+    }
+    let package = root
+        .get(event)
+        .or_else(|| root.get("package"))
+        .unwrap_or(&Value::Null);
+    let kind = text(package, "/package_type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if kind != "container" && kind != "docker" {
+        return Ok(Decoded::Ignored(format!(
+            "package type {kind:?} is not a container image"
+        )));
+    }
+    let (Some(owner), Some(name)) = (text(package, "/owner/login"), text(package, "/name")) else {
+        return Err(Refusal::BadRequest(
+            "package event without owner.login and name".into(),
+        ));
+    };
+    let Some(tag) = text(package, "/package_version/container_metadata/tag/name") else {
+        return Ok(Decoded::Ignored("container version without a tag".into()));
+    };
+    let host = text(package, "/registry/url")
+        .map(|u| {
+            u.trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+        })
+        .unwrap_or("ghcr.io");
+    let digest = text(package, "/package_version/container_metadata/tag/digest")
+        .or_else(|| text(package, "/package_version/version").filter(|v| v.starts_with("sha256:")));
+    let repository = format!("{owner}/{name}").to_ascii_lowercase();
+    let msg = message(
+        "github",
+        Some(host),
+        &repository,
+        tag,
+        digest,
+        text(&root, "/sender/login"),
+        body,
+    )?;
+    Ok(Decoded::Messages(vec![(msg, None)]))
+}
+
+fn generic(spec: &Generic, body: &[u8]) -> Result<Decoded, Refusal> {
+    let root = parse(body)?;
+    let Some(repository) = text(&root, &spec.repo) else {
+        return Err(Refusal::BadRequest(format!(
+            "no repository at {}",
+            spec.repo
+        )));
+    };
+    let Some(tag) = text(&root, &spec.tag) else {
+        return Err(Refusal::BadRequest(format!("no tag at {}", spec.tag)));
+    };
+    let digest = spec.digest.as_deref().and_then(|p| text(&root, p));
+    let (registry, path) = match repository.split_once('/') {
+        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => {
+            (Some(host), path)
+        }
+        _ => (None, repository),
+    };
+    let msg = message("generic", registry, path, tag, digest, None, body)?;
+    Ok(Decoded::Messages(vec![(msg, None)]))
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 || hex.len() > 128 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Event ids a hook has acted on recently, so a redelivered event acts once.
+#[derive(Debug, Default)]
+pub(crate) struct RecentEvents(Mutex<(HashSet<String>, VecDeque<String>)>);
+
+impl RecentEvents {
+    pub(crate) fn seen(&self, id: &str) -> bool {
+        self.0.lock().map(|g| g.0.contains(id)).unwrap_or(false)
+    }
+
+    pub(crate) fn remember(&self, id: &str) {
+        let Ok(mut guard) = self.0.lock() else { return };
+        let (set, order) = &mut *guard;
+        if set.insert(id.to_owned()) {
+            order.push_back(id.to_owned());
+            if order.len() > REMEMBERED_EVENTS {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().expect("header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn github_documented_example_signature() {
+        // GitHub's documentation: secret "It's a Secret to Everybody", payload
+        // "Hello, World!".
+        let github = Provider::GitHub {
+            secret: "It's a Secret to Everybody".into(),
+        };
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(github
+            .verify(&headers(&[("x-hub-signature-256", good)]), b"Hello, World!")
+            .is_ok());
+        // Wrong signature, missing header, wrong algorithm prefix, body changed by one byte.
+        let wrong = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e18";
+        assert!(github
+            .verify(
+                &headers(&[("x-hub-signature-256", wrong)]),
+                b"Hello, World!"
+            )
+            .is_err());
+        assert!(github.verify(&headers(&[]), b"Hello, World!").is_err());
+        let sha1 = "sha1=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(github
+            .verify(&headers(&[("x-hub-signature-256", sha1)]), b"Hello, World!")
+            .is_err());
+        let bare = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(github
+            .verify(&headers(&[("x-hub-signature-256", bare)]), b"Hello, World!")
+            .is_err());
+        assert!(github
+            .verify(&headers(&[("x-hub-signature-256", good)]), b"Hello, World?")
+            .is_err());
+        assert!(github
+            .verify(&headers(&[("x-hub-signature-256", "sha256=zz")]), b"x")
+            .is_err());
+    }
+
+    #[test]
+    fn recent_events_forget_the_oldest() {
+        let recent = RecentEvents::default();
+        for i in 0..=REMEMBERED_EVENTS {
+            recent.remember(&i.to_string());
+        }
+        assert!(!recent.seen("0"));
+        assert!(recent.seen("1") && recent.seen(&REMEMBERED_EVENTS.to_string()));
+    }
+}

@@ -1,0 +1,345 @@
+//! Registry notifications, GitHub package events and generic JSON, over real sockets.
+
+use hmac::{Hmac, Mac};
+use hubhook_core::{Generic, Hook, HubhookService, Provider};
+use serde_json::json;
+use sha2::Sha256;
+
+use crate::support::*;
+
+const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
+const REGISTRY_TYPE: &str = "Content-Type: application/vnd.docker.distribution.events.v1+json";
+
+fn event(id: &str, action: &str, media: &str, tag: Option<&str>) -> serde_json::Value {
+    let mut target = json!({
+        "mediaType": media, "size": 527, "digest": DIGEST, "length": 527,
+        "repository": "team/site",
+        "url": format!("http://127.0.0.1:5000/v2/team/site/manifests/{DIGEST}"),
+    });
+    if let Some(tag) = tag {
+        target["tag"] = json!(tag);
+    }
+    json!({
+        "id": id, "timestamp": "2026-11-26T06:00:00Z", "action": action, "target": target,
+        "request": {"id": "r1", "addr": "127.0.0.1:40000", "host": "127.0.0.1:5000",
+                    "method": "PUT", "useragent": "docker/28.2.2"},
+        "actor": {}, "source": {"addr": "registry:5000", "instanceID": "x"}
+    })
+}
+
+const MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+fn envelope(events: Vec<serde_json::Value>) -> Vec<u8> {
+    json!({ "events": events }).to_string().into_bytes()
+}
+
+async fn registry_server() -> (
+    TestServer,
+    tokio::sync::mpsc::UnboundedReceiver<(hubhook_core::HubMessage, String)>,
+) {
+    let (recorder, rx) = Recorder::new("recorder");
+    let service = HubhookService::builder()
+        .hook(Hook::new("/registry", Provider::Registry).api_key(KEY))
+        .handler(recorder)
+        .build()
+        .expect("service");
+    (TestServer::start(service, Transport::Plain).await, rx)
+}
+
+#[tokio::test]
+async fn registry_envelopes_act_on_tagged_manifest_pushes_only() {
+    let (server, mut rx) = registry_server().await;
+    let auth = format!("Authorization: Bearer {KEY}");
+    let post = |body: Vec<u8>, kind: &'static str| {
+        let auth = auth.clone();
+        let server = &server;
+        async move { server.post("/registry", &[&auth, kind], &body).await }
+    };
+
+    // Several events in one envelope: two tagged manifest pushes and a blob push.
+    let r = post(
+        envelope(vec![
+            event("e1", "push", MANIFEST, Some("v2")),
+            event(
+                "e2",
+                "push",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                None,
+            ),
+            event(
+                "e3",
+                "push",
+                "application/vnd.oci.image.manifest.v1+json",
+                Some("latest"),
+            ),
+        ]),
+        REGISTRY_TYPE,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.json()["deliveries"].as_array().map(Vec::len), Some(2));
+    let (first, _) = next(&mut rx).await;
+    let (second, _) = next(&mut rx).await;
+    let mut tags = vec![first.tag().to_owned(), second.tag().to_owned()];
+    tags.sort();
+    assert_eq!(tags, ["latest", "v2"]);
+    assert_eq!(
+        first.registry.as_deref(),
+        Some("127.0.0.1:5000"),
+        "image = request host + repository"
+    );
+    assert_eq!(first.repo(), "team/site");
+    assert_eq!(first.digest.as_deref(), Some(DIGEST));
+    assert_eq!(first.image(), format!("127.0.0.1:5000/team/site@{DIGEST}"));
+    assert_eq!(first.source, "registry");
+
+    // Blob-only, pull, unknown action, missing tag: answered 2xx, nothing runs.
+    for (events, why) in [
+        (
+            vec![event("b1", "push", "application/octet-stream", None)],
+            "blob push",
+        ),
+        (
+            vec![event("p1", "pull", MANIFEST, Some("v2"))],
+            "pull event",
+        ),
+        (
+            vec![event("m1", "mount", "application/octet-stream", None)],
+            "mount event",
+        ),
+        (
+            vec![event("d1", "delete", MANIFEST, Some("v2"))],
+            "delete event",
+        ),
+        (
+            vec![event("u1", "teleport", MANIFEST, Some("v2"))],
+            "teleport event",
+        ),
+        (
+            vec![event("t1", "push", MANIFEST, None)],
+            "manifest push without a tag",
+        ),
+    ] {
+        let r = post(envelope(events), REGISTRY_TYPE).await;
+        assert_eq!(r.status, 200, "{why}: {r:?}");
+        assert!(
+            r.json()["ignored"].as_str().unwrap_or("").contains(why),
+            "{why}: {r:?}"
+        );
+    }
+
+    // The same event id twice acts once.
+    let twice = || envelope(vec![event("dup-1", "push", MANIFEST, Some("v3"))]);
+    assert_eq!(
+        post(twice(), "Content-Type: application/json").await.status,
+        202
+    );
+    assert_eq!(next(&mut rx).await.0.tag(), "v3");
+    let again = post(
+        twice(),
+        "Content-Type: application/vnd.docker.distribution.events.v2+json",
+    )
+    .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.json()["ignored"], "every event was handled already");
+
+    // Wrong content type, no key, not an envelope, a hostile tag.
+    let r = post(twice(), "Content-Type: text/plain").await;
+    assert_eq!(r.status, 415);
+    let r = server.post("/registry", &[REGISTRY_TYPE], &twice()).await;
+    assert_eq!(r.status, 401);
+    let r = post(b"{\"something\":1}".to_vec(), REGISTRY_TYPE).await;
+    assert_eq!(r.status, 400);
+    let r = post(
+        envelope(vec![event("x1", "push", MANIFEST, Some("--privileged"))]),
+        REGISTRY_TYPE,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    server.stop().await;
+    assert!(rx.try_recv().is_err(), "nothing else ran");
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+#[tokio::test]
+async fn github_package_events_need_a_valid_signature() {
+    const SECRET: &str = "github-webhook-secret";
+    let (recorder, mut rx) = Recorder::new("recorder");
+    let service = HubhookService::builder()
+        .hook(Hook::new(
+            "/github",
+            Provider::GitHub {
+                secret: SECRET.into(),
+            },
+        ))
+        .handler(recorder)
+        .build()
+        .expect("service");
+    let server = TestServer::start(service, Transport::Plain).await;
+    let body = json!({
+        "action": "published",
+        "registry_package": {
+            "name": "Site", "package_type": "CONTAINER", "owner": {"login": "Acme"},
+            "package_version": {"version": DIGEST, "container_metadata": {"tag": {"name": "v2", "digest": DIGEST}}},
+            "registry": {"url": "https://ghcr.io", "vendor": "GitHub Inc"}
+        },
+        "sender": {"login": "alice"}
+    })
+    .to_string()
+    .into_bytes();
+    let event = "X-GitHub-Event: registry_package";
+    let good = format!("X-Hub-Signature-256: {}", sign(SECRET, &body));
+
+    let r = server
+        .post(
+            "/github",
+            &[event, &good, "Content-Type: application/json"],
+            &body,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let (msg, _) = next(&mut rx).await;
+    assert_eq!(msg.image(), format!("ghcr.io/acme/site@{DIGEST}"));
+    assert_eq!(msg.tag(), "v2");
+    assert_eq!(msg.push_data.pusher.as_deref(), Some("alice"));
+
+    let mut changed = body.clone();
+    let last = changed.len() - 2;
+    changed[last] ^= 1;
+    let wrong_prefix = good.replace("sha256=", "sha1=");
+    let wrong = format!("X-Hub-Signature-256: {}", sign("another secret", &body));
+    for (headers, payload, why) in [
+        (vec![event, wrong.as_str()], &body, "wrong secret"),
+        (vec![event], &body, "missing signature"),
+        (
+            vec![event, wrong_prefix.as_str()],
+            &body,
+            "wrong algorithm prefix",
+        ),
+        (
+            vec![event, good.as_str()],
+            &changed,
+            "body changed by one byte",
+        ),
+    ] {
+        let r = server.post("/github", &headers, payload).await;
+        assert_eq!(r.status, 401, "{why}: {r:?}");
+        assert_eq!(r.json()["error"], "unauthorized");
+    }
+    // A ping, properly signed, is answered and ignored.
+    let ping = b"{\"zen\":\"Keep it logically awesome.\"}";
+    let signed = format!("X-Hub-Signature-256: {}", sign(SECRET, ping));
+    let r = server
+        .post("/github", &["X-GitHub-Event: ping", &signed], ping)
+        .await;
+    assert_eq!(r.status, 200);
+    server.stop().await;
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn generic_json_by_pointers_with_an_optional_signature() {
+    let (recorder, mut rx) = Recorder::new("recorder");
+    let service = HubhookService::builder()
+        .hook(
+            Hook::new(
+                "/ci",
+                Provider::Generic(
+                    Generic::new("/image/name", "/image/tag").digest("/image/digest"),
+                ),
+            )
+            .api_key(KEY),
+        )
+        .hook(Hook::new(
+            "/signed",
+            Provider::Generic(Generic::new("/repo", "/tag").signed("X-Signature", "s3cret")),
+        ))
+        .handler(recorder)
+        .build()
+        .expect("service");
+    let server = TestServer::start(service, Transport::Plain).await;
+    let body = json!({"image": {"name": "registry.example.com:5000/team/api", "tag": "1.4.2", "digest": DIGEST}});
+    let r = server
+        .post(
+            &format!("/ci?apikey={KEY}"),
+            &[],
+            body.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let (msg, _) = next(&mut rx).await;
+    assert_eq!(msg.registry.as_deref(), Some("registry.example.com:5000"));
+    assert_eq!(msg.repo(), "team/api");
+    assert_eq!(msg.tag(), "1.4.2");
+    assert_eq!(msg.source, "generic");
+    let r = server
+        .post(
+            &format!("/ci?apikey={KEY}"),
+            &[],
+            b"{\"image\":{\"name\":\"a/b\"}}",
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("no tag at /image/tag"));
+
+    let signed = br#"{"repo":"team/api","tag":"v1"}"#;
+    let signature = sign("s3cret", signed);
+    let r = server
+        .post(
+            "/signed",
+            &[&format!("X-Signature: {}", &signature["sha256=".len()..])],
+            signed,
+        )
+        .await;
+    assert_eq!(
+        r.status, 202,
+        "bare hex is accepted for generic hooks: {r:?}"
+    );
+    next(&mut rx).await;
+    let r = server.post("/signed", &[], signed).await;
+    assert_eq!(r.status, 401);
+    server.stop().await;
+}
+
+#[test]
+fn hooks_need_distinct_paths_and_some_authentication() {
+    use hubhook_core::Error;
+    assert!(matches!(
+        HubhookService::builder()
+            .hook(Hook::new("/r", Provider::Registry))
+            .build(),
+        Err(Error::NoApiKey)
+    ));
+    assert!(
+        HubhookService::builder()
+            .hook(Hook::new("/g", Provider::GitHub { secret: "x".into() }))
+            .build()
+            .is_ok(),
+        "a signed provider needs no key"
+    );
+    assert!(matches!(
+        HubhookService::builder()
+            .hook(Hook::new("/r", Provider::Registry).api_key(KEY))
+            .hook(Hook::new("/r", Provider::Registry).api_key(KEY))
+            .build(),
+        Err(Error::InvalidPath(p)) if p == "/r"
+    ));
+    // Only [[hook]]s: no Docker Hub hook at /hubhook.
+    let service = HubhookService::builder()
+        .hook(Hook::new("/r", Provider::Registry).api_key(KEY))
+        .build()
+        .expect("service");
+    assert_eq!(service.hooks(), [("/r".to_owned(), "registry")]);
+}
