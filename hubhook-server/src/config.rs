@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hubhook_core::plugin::PluginHandler;
+use hubhook_core::{Generic, Provider};
 use hubhook_handlers::{DockerHandler, LogFormat};
 use serde::Deserialize;
 use toml::Spanned;
@@ -65,7 +66,19 @@ pub(crate) struct Config {
     pub(crate) api_keys: Vec<String>,
     pub(crate) allow_unauthenticated: bool,
     pub(crate) tls: Option<TlsFiles>,
+    /// Whether the Docker Hub hook of the top-level `path` and `[auth]` is served.
+    pub(crate) dockerhub_hook: bool,
+    pub(crate) hooks: Vec<HookSpec>,
     pub(crate) handlers: Vec<HandlerSpec>,
+}
+
+/// One `[[hook]]` table.
+#[derive(Debug, Clone)]
+pub(crate) struct HookSpec {
+    pub(crate) path: String,
+    pub(crate) provider: Provider,
+    pub(crate) api_keys: Vec<String>,
+    pub(crate) allow_unauthenticated: bool,
 }
 
 /// The certificate and key files of `[tls]`.
@@ -130,6 +143,8 @@ impl Config {
             api_keys: Vec::new(),
             allow_unauthenticated: false,
             tls: None,
+            dockerhub_hook: true,
+            hooks: Vec::new(),
             handlers: vec![HandlerSpec {
                 name: "log".to_owned(),
                 repo: None,
@@ -169,6 +184,25 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default, rename = "handler")]
     handlers: Vec<Spanned<toml::Table>>,
+    #[serde(default, rename = "hook")]
+    hooks: Vec<Spanned<RawHook>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    path: Spanned<String>,
+    provider: Spanned<String>,
+    #[serde(default)]
+    api_keys: Vec<Spanned<String>>,
+    api_keys_file: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_unauthenticated: bool,
+    secret: Option<Spanned<String>>,
+    repo_pointer: Option<Spanned<String>>,
+    tag_pointer: Option<Spanned<String>>,
+    digest_pointer: Option<Spanned<String>>,
+    signature_header: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -309,40 +343,19 @@ impl Parser<'_> {
                 })?;
         }
 
-        for key in &raw.auth.api_keys {
-            self.check_key(key.get_ref(), key.span(), "auth.api_keys")?;
-            config.api_keys.push(key.get_ref().clone());
-        }
-        if let Some(file) = &raw.auth.api_keys_file {
-            let path = base.join(file.get_ref());
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                self.error_at(
-                    file.span(),
-                    "auth.api_keys_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            for (i, line) in text.lines().enumerate() {
-                let key = line.trim();
-                if key.is_empty() || key.starts_with('#') {
-                    continue;
-                }
-                if key.len() < MIN_KEY_LEN {
-                    return Err(self.error_at(
-                        file.span(),
-                        "auth.api_keys_file",
-                        format!(
-                            "line {} of {} holds a key shorter than {MIN_KEY_LEN} characters",
-                            i + 1,
-                            path.display()
-                        ),
-                    ));
-                }
-                config.api_keys.push(key.to_owned());
-            }
-        }
+        config.api_keys = self.keys(
+            &raw.auth.api_keys,
+            raw.auth.api_keys_file.as_ref(),
+            "auth",
+            base,
+        )?;
         config.allow_unauthenticated = raw.auth.allow_unauthenticated;
-        if config.api_keys.is_empty() && !config.allow_unauthenticated {
+        // With [[hook]] tables, the top-level Docker Hub hook is served only when asked for.
+        config.dockerhub_hook = raw.hooks.is_empty()
+            || raw.path.is_some()
+            || !config.api_keys.is_empty()
+            || config.allow_unauthenticated;
+        if config.dockerhub_hook && config.api_keys.is_empty() && !config.allow_unauthenticated {
             return Err(ConfigError {
                 file: self.file.to_owned(),
                 line: None,
@@ -351,6 +364,19 @@ impl Parser<'_> {
                           or set auth.allow_unauthenticated = true to accept anyone"
                     .into(),
             });
+        }
+        for (i, hook) in raw.hooks.iter().enumerate() {
+            let spec = self.hook(i, hook, base)?;
+            let taken = (config.dockerhub_hook && spec.path == config.path)
+                || config.hooks.iter().any(|h| h.path == spec.path);
+            if taken {
+                return Err(self.error_at(
+                    hook.get_ref().path.span(),
+                    &format!("hook[{i}].path"),
+                    format!("{:?} is already served by another hook", spec.path),
+                ));
+            }
+            config.hooks.push(spec);
         }
 
         if let Some(tls) = &raw.tls {
@@ -595,6 +621,146 @@ impl Parser<'_> {
             tag,
             timeout,
             kind,
+        })
+    }
+
+    /// API keys from a list and a keys file; `at` names the table for errors.
+    fn keys(
+        &self,
+        list: &[Spanned<String>],
+        file: Option<&Spanned<String>>,
+        at: &str,
+        base: &Path,
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut keys = Vec::new();
+        for key in list {
+            self.check_key(key.get_ref(), key.span(), &format!("{at}.api_keys"))?;
+            keys.push(key.get_ref().clone());
+        }
+        if let Some(file) = file {
+            let name = format!("{at}.api_keys_file");
+            let path = base.join(file.get_ref());
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                self.error_at(
+                    file.span(),
+                    &name,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            for (i, line) in text.lines().enumerate() {
+                let key = line.trim();
+                if key.is_empty() || key.starts_with('#') {
+                    continue;
+                }
+                if key.len() < MIN_KEY_LEN {
+                    return Err(self.error_at(
+                        file.span(),
+                        &name,
+                        format!(
+                            "line {} of {} holds a key shorter than {MIN_KEY_LEN} characters",
+                            i + 1,
+                            path.display()
+                        ),
+                    ));
+                }
+                keys.push(key.to_owned());
+            }
+        }
+        Ok(keys)
+    }
+
+    fn hook(
+        &self,
+        index: usize,
+        hook: &Spanned<RawHook>,
+        base: &Path,
+    ) -> Result<HookSpec, ConfigError> {
+        let raw = hook.get_ref();
+        let at = format!("hook[{index}]");
+        let key = |k: &str| format!("{at}.{k}");
+        let path = raw.path.get_ref();
+        if !path.starts_with('/')
+            || path.contains(['?', '#'])
+            || path == "/healthz"
+            || path == "/metrics"
+        {
+            return Err(self.error_at(
+                raw.path.span(),
+                &key("path"),
+                format!(
+                    "{path:?} must start with '/', have no query, and not be /healthz or /metrics"
+                ),
+            ));
+        }
+        let required = |value: &Option<Spanned<String>>, name: &str, why: &str| {
+            value.as_ref().map(|v| v.get_ref().clone()).ok_or_else(|| {
+                self.error_at(
+                    hook.span(),
+                    &key(name),
+                    format!("missing required key `{name}` {why}"),
+                )
+            })
+        };
+        let pointer =
+            |value: &Option<Spanned<String>>, name: &str| -> Result<Option<String>, ConfigError> {
+                match value {
+                    Some(p) if !p.get_ref().starts_with('/') => Err(self.error_at(
+                        p.span(),
+                        &key(name),
+                        format!(
+                            "{:?} is not a JSON pointer (like \"/repository/name\")",
+                            p.get_ref()
+                        ),
+                    )),
+                    other => Ok(other.as_ref().map(|p| p.get_ref().clone())),
+                }
+            };
+        let provider = match raw.provider.get_ref().as_str() {
+            "dockerhub" => Provider::DockerHub,
+            "registry" => Provider::Registry,
+            "github" => Provider::GitHub {
+                secret: required(&raw.secret, "secret", "(the GitHub webhook secret)")?,
+            },
+            "generic" => {
+                pointer(&raw.repo_pointer, "repo_pointer")?;
+                pointer(&raw.tag_pointer, "tag_pointer")?;
+                let mut generic = Generic::new(
+                    required(&raw.repo_pointer, "repo_pointer", "(a JSON pointer to the repository)")?,
+                    required(&raw.tag_pointer, "tag_pointer", "(a JSON pointer to the tag)")?,
+                );
+                if let Some(p) = pointer(&raw.digest_pointer, "digest_pointer")? {
+                    generic = generic.digest(p);
+                }
+                if let Some(header) = &raw.signature_header {
+                    let secret = required(&raw.secret, "secret", "(the HMAC secret of signature_header)")?;
+                    generic = generic.signed(header.get_ref().clone(), secret);
+                }
+                Provider::Generic(generic)
+            }
+            other => {
+                return Err(self.error_at(raw.provider.span(), &key("provider"), format!(
+                    "unknown provider {other:?} (expected one of: dockerhub, registry, github, generic)"
+                )))
+            }
+        };
+        let api_keys = self.keys(&raw.api_keys, raw.api_keys_file.as_ref(), &at, base)?;
+        let signed = matches!(provider, Provider::GitHub { .. })
+            || matches!(&provider, Provider::Generic(g) if g.signature.is_some());
+        if api_keys.is_empty() && !signed && !raw.allow_unauthenticated {
+            return Err(self.error_at(hook.span(), &key("api_keys"), format!(
+                "no API key for this hook: set api_keys or api_keys_file{}, or allow_unauthenticated = true",
+                if raw.provider.get_ref() == "registry" {
+                    " (the registry sends it with `headers: Authorization: [Bearer <key>]`)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(HookSpec {
+            path: path.clone(),
+            provider,
+            api_keys,
+            allow_unauthenticated: raw.allow_unauthenticated,
         })
     }
 
@@ -888,6 +1054,50 @@ mod tests {
         ));
         assert!(
             e.starts_with("hubhook.toml:7: handler[0].run_args: applies to containers only"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hooks() {
+        let config = parse(
+            "[[hook]]\npath = \"/registry\"\nprovider = \"registry\"\napi_keys = [\"0123456789abcdef0123\"]\n\
+             [[hook]]\npath = \"/github\"\nprovider = \"github\"\nsecret = \"s\"\n",
+        )
+        .expect("hooks only");
+        assert!(
+            !config.dockerhub_hook,
+            "no Docker Hub hook unless asked for"
+        );
+        assert_eq!(config.hooks.len(), 2);
+        assert_eq!(config.hooks[1].provider.name(), "github");
+
+        let e = error("[[hook]]\npath = \"/r\"\nprovider = \"registry\"\n");
+        assert!(
+            e.starts_with("hubhook.toml:1: hook[0].api_keys: no API key for this hook"),
+            "{e}"
+        );
+        let e = error("[[hook]]\npath = \"/g\"\nprovider = \"github\"\n");
+        assert!(
+            e.starts_with("hubhook.toml:1: hook[0].secret: missing required key `secret`"),
+            "{e}"
+        );
+        let e =
+            error("[[hook]]\npath = \"/x\"\nprovider = \"quay\"\nallow_unauthenticated = true\n");
+        assert!(
+            e.starts_with("hubhook.toml:3: hook[0].provider: unknown provider \"quay\""),
+            "{e}"
+        );
+        let e = error(&format!(
+            "{KEY}[[hook]]\npath = \"/hubhook\"\nprovider = \"registry\"\nallow_unauthenticated = true\n"
+        ));
+        assert!(
+            e.starts_with("hubhook.toml:4: hook[0].path: \"/hubhook\" is already served"),
+            "{e}"
+        );
+        let e = error("[[hook]]\npath = \"/c\"\nprovider = \"generic\"\nrepo_pointer = \"repo\"\ntag_pointer = \"/tag\"\nallow_unauthenticated = true\n");
+        assert!(
+            e.starts_with("hubhook.toml:4: hook[0].repo_pointer: \"repo\" is not a JSON pointer"),
             "{e}"
         );
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hubhook_core::{HubhookService, Listener, Route, TlsConfig};
+use hubhook_core::{Hook, HubhookService, Listener, Route, TlsConfig};
 use hubhook_handlers::{LogHandler, ShellHandler};
 
 use crate::config::{Config, HandlerKind, HandlerSpec};
@@ -82,11 +82,15 @@ fn main() -> ExitCode {
                     .iter()
                     .map(|h| format!("{} ({})", h.name, h.kind.type_name()))
                     .collect();
+                let mut paths: Vec<String> = config.hooks.iter().map(|h| h.path.clone()).collect();
+                if config.dockerhub_hook {
+                    paths.insert(0, config.path.clone());
+                }
                 println!(
                     "{}: ok; listens on {}{} ({}), handlers: {}",
                     config.file.as_deref().unwrap_or(&config.data_dir).display(),
                     config.listen,
-                    config.path,
+                    paths.join(", "),
                     if config.tls.is_some() {
                         "TLS"
                     } else {
@@ -200,18 +204,29 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         tracing::warn!("auth.allow_unauthenticated is set and there is no key: anyone who reaches the hook can trigger handlers");
     }
 
-    let mut builder = HubhookService::builder()
-        .path(config.path.clone())
-        .max_body(config.max_body)
-        .allow_unauthenticated(config.allow_unauthenticated);
-    for key in &config.api_keys {
-        builder = builder.api_key(key);
+    let mut builder = HubhookService::builder().max_body(config.max_body);
+    if config.dockerhub_hook {
+        builder = builder
+            .path(config.path.clone())
+            .allow_unauthenticated(config.allow_unauthenticated);
+        for key in &config.api_keys {
+            builder = builder.api_key(key);
+        }
+    }
+    for spec in &config.hooks {
+        let mut hook = Hook::new(spec.path.clone(), spec.provider.clone())
+            .allow_unauthenticated(spec.allow_unauthenticated);
+        for key in &spec.api_keys {
+            hook = hook.api_key(key);
+        }
+        builder = builder.hook(hook);
     }
     for spec in &config.handlers {
         builder = builder.route(route(spec).map_err(|e| format!("handler {:?}: {e}", spec.name))?);
     }
     let service = builder.build().map_err(|e| e.to_string())?;
     let handlers = service.handler_names();
+    let hooks = service.hooks();
 
     let mut listener = Listener::builder(service)
         .addr(config.listen)
@@ -225,10 +240,19 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     let listener = listener.bind().await.map_err(|e| e.to_string())?;
     let scheme = if listener.is_tls() { "https" } else { "http" };
     let addr = listener.local_addr();
+    let more_hooks = if hooks.len() > 1 {
+        let list: Vec<String> = hooks
+            .iter()
+            .map(|(path, provider)| format!("{path} ({provider})"))
+            .collect();
+        format!(", hooks: {}", list.join(", "))
+    } else {
+        String::new()
+    };
     tracing::info!(
-        "hubhook {} listening on {scheme}://{addr}{} (TLS {}), {} handler(s): {}",
+        "hubhook {} listening on {scheme}://{addr}{} (TLS {}){more_hooks}, {} handler(s): {}",
         env!("CARGO_PKG_VERSION"),
-        config.path,
+        hooks.first().map_or("", |(path, _)| path.as_str()),
         if listener.is_tls() { "on" } else { "off" },
         handlers.len(),
         if handlers.is_empty() {

@@ -7,8 +7,7 @@ use http_body_util::Full;
 use hubhook_core::{Context, DeliveryId, Handler, HandlerError, HubMessage, HubhookService, Route};
 use hubhook_handlers::{DockerHandler, Health};
 
-use crate::engine::*;
-use crate::support::TempDir;
+use hubhook_testkit::*;
 
 fn push_of(registry: &Registry, tag: &str) -> HubMessage {
     HubMessage::new(&registry.repo(), tag).expect("valid message")

@@ -4,6 +4,5 @@
 #![allow(unreachable_pub, missing_debug_implementations)]
 
 mod docker;
-mod engine;
 mod shell;
 mod support;

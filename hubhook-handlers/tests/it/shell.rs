@@ -8,6 +8,7 @@ use hubhook_core::{Context, DeliveryId, Handler, HandlerError, HubhookService, R
 use hubhook_handlers::ShellHandler;
 
 use crate::support::*;
+use hubhook_testkit::TempDir;
 
 fn sh(script: &str, out: &TempDir) -> ShellHandler {
     ShellHandler::new("shell", ["sh", "-c", script])

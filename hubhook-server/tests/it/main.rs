@@ -4,6 +4,7 @@
 #![allow(unreachable_pub, missing_debug_implementations)]
 
 mod check;
+mod e2e;
 mod plugins;
 mod serve;
 mod support;

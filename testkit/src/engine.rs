@@ -1,4 +1,4 @@
-//! The real Docker engine and a real registry for the docker handler's tests.
+//! The real Docker engine and a real registry.
 //!
 //! Test images are built here with no pull: `docker import` of a root filesystem holding
 //! Debian's busybox-static, serving a page with `busybox httpd`. The registry is Debian's
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::support::TempDir;
+use crate::TempDir;
 
 /// The base name of the imported images: `hubhook-test/site:v1` and so on.
 pub const BASE: &str = "hubhook-test/site";
@@ -128,14 +128,22 @@ pub fn free_port() -> u16 {
 
 /// A `docker-registry` on 127.0.0.1, holding the test images pushed to it. Killed, and the
 /// images tagged for it removed, on drop.
+#[derive(Debug)]
 pub struct Registry {
     child: Child,
+    /// `127.0.0.1:PORT`.
     pub host: String,
     _dir: TempDir,
 }
 
 impl Registry {
+    /// A registry with no notifications.
     pub fn start() -> Self {
+        Self::start_notifying(None)
+    }
+
+    /// A registry that notifies `url` of every event, sending `Authorization: Bearer key`.
+    pub fn start_notifying(notify: Option<(&str, &str)>) -> Self {
         images();
         let dir = TempDir::new("registry");
         let port = free_port();
@@ -143,8 +151,14 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{}",
+                dir.path().join("data").display(),
+                match notify {
+                    Some((url, key)) => format!(
+                        "notifications:\n  endpoints:\n    - name: hubhook\n      url: {url}\n      headers:\n        Authorization: [Bearer {key}]\n      timeout: 2s\n      threshold: 3\n      backoff: 1s\n"
+                    ),
+                    None => String::new(),
+                }
             ),
         )
         .expect("registry config");
@@ -174,10 +188,15 @@ impl Registry {
 
     /// Pushes the test image `tag`, then removes the local copy so a deploy really pulls.
     pub fn push(&self, tag: &str) {
+        self.push_keeping(tag);
+        must(&["image", "rm", &format!("{}:{tag}", self.repo())]);
+    }
+
+    /// Pushes the test image `tag` and keeps the local tag.
+    pub fn push_keeping(&self, tag: &str) {
         let target = format!("{}:{tag}", self.repo());
         must(&["tag", &format!("{BASE}:{tag}"), &target]);
         must(&["push", &target]);
-        must(&["image", "rm", &target]);
     }
 }
 
@@ -199,6 +218,7 @@ impl Drop for Registry {
 }
 
 /// Containers (and their `-hubhook-old` twins) removed by name on drop.
+#[derive(Debug)]
 pub struct Containers(pub Vec<String>);
 
 impl Drop for Containers {
@@ -243,11 +263,13 @@ pub fn container_id(name: &str) -> Option<String> {
 
 /// A single-node swarm for the test: joined (`swarm init`) only if the engine was not in
 /// one, and left again on drop, so the engine is left as found.
+#[derive(Debug)]
 pub struct Swarm {
     created: bool,
 }
 
 impl Swarm {
+    /// Joins (or reuses) a single-node swarm.
     pub fn join() -> Self {
         let (_, state) = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
         let created = state.trim() == "inactive";
@@ -267,6 +289,7 @@ impl Drop for Swarm {
 }
 
 /// Swarm services removed by name on drop.
+#[derive(Debug)]
 pub struct Services(pub Vec<String>);
 
 impl Drop for Services {

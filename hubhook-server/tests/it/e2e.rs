@@ -1,0 +1,163 @@
+//! End to end: a push to a real registry, its notification, `hubhook serve`, the docker
+//! handler, and the new page — with a client nobody here wrote (the registry).
+
+use std::time::{Duration, Instant};
+
+use hubhook_testkit::{available, container_name, docker, free_port, page, Containers, Registry};
+
+use crate::support::*;
+
+fn wait_for_page(port: u16, want: &str, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if page(port).as_deref() == Some(want) {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn a_push_to_the_registry_redeploys_the_container() {
+    if !available("a_push_to_the_registry_redeploys_the_container") {
+        return;
+    }
+    let dir = TempDir::new("e2e");
+    let hook_port = free_port();
+    let registry = Registry::start_notifying(Some((
+        &format!("http://127.0.0.1:{hook_port}/registry"),
+        KEY,
+    )));
+    let name = container_name("e2e");
+    let _cleanup = Containers(vec![name.clone()]);
+    let page_port = free_port();
+    let config = dir.write(
+        "hubhook.toml",
+        &format!(
+            "listen = \"127.0.0.1:{hook_port}\"\ndata_dir = \"data\"\n\
+             [[hook]]\npath = \"/registry\"\nprovider = \"registry\"\napi_keys = [\"{KEY}\"]\n\
+             [[handler]]\nname = \"site\"\ntype = \"docker\"\nimage = \"{}\"\ncontainer = \"{name}\"\ntag = \"v*\"\n\
+             run_args = [\"-p\", \"127.0.0.1:{page_port}:80\"]\nstop_timeout = \"1s\"\n\
+             health = \"http://127.0.0.1:{page_port}/\"\ntimeout = \"2m\"\n",
+            registry.repo()
+        ),
+    );
+    let mut server = Server::start(
+        &["--config", config.to_str().expect("utf8")],
+        dir.path(),
+        &[],
+    );
+    let startup = server.wait_for_stderr("listening on");
+    assert!(startup.contains("/registry"), "{startup}");
+
+    // First push: the registry notifies, hubhook runs the container.
+    registry.push_keeping("v1");
+    let first = wait_for_page(page_port, "site v1", Duration::from_secs(60));
+    assert!(first.is_some(), "v1 never served:\n{}", server.stderr());
+
+    // Second push: the page changes. Timed from the moment `docker push` returns.
+    registry.push_keeping("v2");
+    let pushed = Instant::now();
+    let second = wait_for_page(page_port, "site v2", Duration::from_secs(60));
+    let elapsed = pushed.elapsed();
+    assert!(second.is_some(), "v2 never served:\n{}", server.stderr());
+    println!(
+        "push-to-new-page: {} ms (from docker push returning to the new page served)",
+        elapsed.as_millis()
+    );
+
+    // It deployed exactly the pushed manifest, by digest.
+    let (_, image) = docker(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{.Config.Image}}",
+        &name,
+    ]);
+    assert!(
+        image
+            .trim()
+            .starts_with(&format!("{}@sha256:", registry.repo())),
+        "deployed by digest: {image}"
+    );
+    let (_, pushed_digest) = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &format!("{}:v2", registry.repo()),
+    ]);
+    assert_eq!(
+        image.trim(),
+        pushed_digest.trim(),
+        "the deployed digest is the pushed one"
+    );
+    // Blob events came too, and were answered and ignored.
+    assert!(
+        server.stderr().contains("ignored a webhook"),
+        "{}",
+        server.stderr()
+    );
+    assert!(server.terminate().success());
+    for tag in ["v1", "v2"] {
+        let _ = docker(&["image", "rm", &format!("{}:{tag}", registry.repo())]);
+    }
+}
+
+#[test]
+fn the_documented_payload_posted_with_curl_drives_shell_and_docker() {
+    if !available("the_documented_payload_posted_with_curl_drives_shell_and_docker") {
+        return;
+    }
+    let dir = TempDir::new("curl");
+    let out = dir.path().join("shell-env");
+    // The documented payload names svendowideit/testhook on Docker Hub. This machine has no
+    // route to Docker Hub, so the docker handler's pull fails there, for real, and it must
+    // say so and change nothing; the shell handler runs with the payload in its env.
+    let config = config(
+        &dir,
+        &format!(
+            "[[handler]]\nname = \"script\"\ntype = \"shell\"\ncommand = [\"sh\", \"-c\", \"env | grep ^HUBHOOK_ > {}\"]\n\
+             [[handler]]\nname = \"deploy\"\ntype = \"docker\"\nimage = \"svendowideit/testhook\"\ncontainer = \"{}\"\ntimeout = \"2m\"\n",
+            out.display(),
+            container_name("curl")
+        ),
+    );
+    let mut server = Server::start(
+        &["--config", config.to_str().expect("utf8")],
+        dir.path(),
+        &[],
+    );
+    let curl = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(hubhook_core::EXAMPLE_PAYLOAD)
+        .arg(format!("http://{}/hubhook?apikey={KEY}", server.addr))
+        .output();
+    let Ok(curl) = curl else {
+        panic!("curl is needed for this test");
+    };
+    let answer = String::from_utf8_lossy(&curl.stdout);
+    assert!(answer.starts_with("{\"delivery\":\""), "{answer}");
+    let ran = server.wait_for_stderr("handler=\"script\"");
+    assert!(ran.contains("exit status 0"), "{ran}");
+    let env = std::fs::read_to_string(&out).expect("the script ran");
+    assert!(
+        env.contains("HUBHOOK_IMAGE=svendowideit/testhook:latest"),
+        "{env}"
+    );
+    assert!(env.contains("HUBHOOK_PUSHER=trustedbuilder"), "{env}");
+    let deploy = server.wait_for_stderr("handler=\"deploy\"");
+    assert!(
+        deploy.contains("pull of svendowideit/testhook:latest failed, nothing changed"),
+        "{deploy}"
+    );
+    assert!(server.terminate().success());
+}

@@ -1,0 +1,52 @@
+//! Test helpers shared by hubhook's integration tests: temporary directories, the real
+//! Docker engine, test images built with no pull, and a real registry on 127.0.0.1.
+//! Everything they create carries the `hubhook-test` prefix and is removed on drop.
+
+mod engine;
+
+use std::path::{Path, PathBuf};
+
+pub use engine::*;
+
+/// A directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory whose name contains `name`.
+    pub fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hubhook-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The directory as text.
+    pub fn str(&self) -> &str {
+        self.0.to_str().expect("utf8 temp path")
+    }
+
+    /// Writes `text` to `name` inside the directory.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
