@@ -1,0 +1,283 @@
+//! The HTTP side of the `ingest` bench (`target/release/ingest`, see src/ingest.rs): the
+//! load generator, the readiness probe, and the bare hyper server it compares against.
+//!
+//! Run through `ingest`: `cargo build --release -p hubhook-server -p hubhook-benches &&
+//! target/release/ingest`; the bare server alone is `target/release/ingest --bare-server PORT`.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::{API_KEY, WARM_UP};
+
+/// How long the measured loop waits for one answer before it counts an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the connections saw during the measured window (one per connection, then merged).
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    last_end: Option<Instant>,
+    non_2xx: BTreeMap<u16, u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn error(&mut self, e: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.last_end = self.last_end.max(other.last_end);
+        for (status, n) in other.non_2xx {
+            *self.non_2xx.entry(status).or_default() += n;
+        }
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One server's figures for one measurement.
+pub(crate) struct Measurement {
+    pub(crate) ok: usize,
+    pub(crate) rps: f64,
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) server_cpu_us: f64,
+    pub(crate) client_cpu_us: f64,
+    pub(crate) non_2xx: BTreeMap<u16, u64>,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+}
+
+impl Measurement {
+    pub(crate) fn print(&self, name: &str) {
+        println!(
+            "  {name:<8} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  CPU/req {:.1} µs server, \
+             {:.1} µs load generator  ({} ok)",
+            self.rps, self.p50, self.p99, self.server_cpu_us, self.client_cpu_us, self.ok
+        );
+        if !self.non_2xx.is_empty() {
+            println!(
+                "  !!!!!!!! {name}: NON-2XX ANSWERS (status: count): {:?}",
+                self.non_2xx
+            );
+        }
+        if let Some(first) = &self.first_error {
+            println!(
+                "  !!!!!!!! {name}: {} REQUEST ERRORS, first: {first}",
+                self.errors
+            );
+        }
+    }
+}
+
+/// Loads `addr` with `connections` keep-alive connections: a warm-up, then `seconds`.
+/// `cpu` gives the CPU seconds used so far by the server and by this process.
+pub(crate) async fn load(
+    addr: SocketAddr,
+    cpu: impl Fn() -> (f64, f64),
+    connections: usize,
+    seconds: u64,
+) -> Measurement {
+    let measure_from = Instant::now() + WARM_UP;
+    let until = measure_from + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(worker(addr, measure_from, until)))
+        .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let before = cpu();
+    let mut all = Tally::default();
+    for task in tasks {
+        all.merge(task.await.unwrap_or_else(|e| {
+            let mut failed = Tally::default();
+            failed.error(format!("a load task failed: {e}"));
+            failed
+        }));
+    }
+    let after = cpu();
+    let (server_cpu, client_cpu) = (after.0 - before.0, after.1 - before.1);
+    all.latencies.sort_unstable();
+    let ok = all.latencies.len();
+    let elapsed = all
+        .last_end
+        .map_or(0.0, |end| (end - measure_from).as_secs_f64());
+    let percentile = |p: f64| {
+        let rank = ((p * ok as f64).ceil() as usize).clamp(1, ok.max(1));
+        all.latencies
+            .get(rank - 1)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let per_request = |cpu: f64| if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 };
+    Measurement {
+        ok,
+        rps: if elapsed > 0.0 {
+            ok as f64 / elapsed
+        } else {
+            0.0
+        },
+        p50: percentile(0.50),
+        p99: percentile(0.99),
+        server_cpu_us: per_request(server_cpu),
+        client_cpu_us: per_request(client_cpu),
+        non_2xx: all.non_2xx,
+        errors: all.errors,
+        first_error: all.first_error,
+    }
+}
+
+/// One connection's loop: POST the example until `until`; tally what starts after
+/// `measure_from`. Reconnects after an error.
+async fn worker(addr: SocketAddr, measure_from: Instant, until: Instant) -> Tally {
+    let mut tally = Tally::default();
+    let body = Bytes::from_static(hubhook_core::EXAMPLE_PAYLOAD.as_bytes());
+    let uri = format!("/hubhook?apikey={API_KEY}");
+    let host = addr.to_string();
+    while Instant::now() < until {
+        let mut sender = match connect(addr).await {
+            Ok(sender) => sender,
+            Err(e) => {
+                tally.error(e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        while Instant::now() < until {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(uri.as_str())
+                .header(HOST, host.as_str())
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(body.clone()))
+                .expect("a valid request");
+            let started = Instant::now();
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange(&mut sender, req)).await;
+            let answer = answer.unwrap_or_else(|_| Err("no answer within 10 s".to_owned()));
+            match answer {
+                Ok(_) if started < measure_from => {}
+                Ok(status) if status.is_success() => {
+                    let end = Instant::now();
+                    tally.latencies.push(end - started);
+                    tally.last_end = Some(end);
+                }
+                Ok(status) => *tally.non_2xx.entry(status.as_u16()).or_default() += 1,
+                Err(e) => {
+                    tally.error(e);
+                    break;
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// Opens a keep-alive HTTP/1.1 connection; its driver runs in its own task.
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
+    // Ends when the sender is dropped or the server closes the connection.
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Sends one request and reads the whole answer; returns its status.
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> Result<StatusCode, String> {
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection closed: {e}"))?;
+    let response = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer failed: {e}"))?;
+    Ok(status)
+}
+
+/// The status of `GET /healthz` on a fresh connection, or `None` if there is no answer yet.
+pub(crate) async fn healthz(addr: SocketAddr) -> Option<StatusCode> {
+    let probe = async {
+        let mut sender = connect(addr).await.ok()?;
+        let req = Request::get("/healthz")
+            .header(HOST, addr.to_string())
+            .body(Full::default())
+            .ok()?;
+        exchange(&mut sender, req).await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// `ingest --bare-server PORT`: reads each request's body and answers 200 with an empty
+/// body. HTTP/1.1, multi-thread runtime with the default workers. Exits when stdin closes.
+pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
+    let Some(port) = port.and_then(|p| p.parse::<u16>().ok()) else {
+        eprintln!("ingest: --bare-server needs a port");
+        return ExitCode::FAILURE;
+    };
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("ingest: bare server cannot bind 127.0.0.1:{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}

@@ -1,0 +1,400 @@
+//! Run with `cargo build --release -p hubhook-server -p hubhook-benches && target/release/redeploy`
+//!
+//! The redeploy bench: how long from a webhook to the new page being served, through a
+//! real `hubhook serve` with the docker handler, split into pull, swap and health (the
+//! handler's own figures), against the same job done as plain docker commands (`docker
+//! pull`, `docker rm -f`, `docker run`, as the old reload.sh did). Both pull from a real
+//! registry (Debian's docker-registry on 127.0.0.1) images imported from busybox-static;
+//! the local copy is removed before every deploy so each one really pulls. Also reported:
+//! how long the page was down during each deploy. Medians over the rounds.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "redeploy-bench-key-0123456789abcdef";
+const BASE: &str = "hubhook-bench/site";
+
+fn main() {
+    let mut hubhook = PathBuf::from("target/release/hubhook");
+    let mut rounds = 5usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--hubhook" => hubhook = args.next().expect("--hubhook PATH").into(),
+            "--rounds" => {
+                rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--rounds N")
+            }
+            other => panic!("unknown argument {other:?} (use --hubhook PATH, --rounds N)"),
+        }
+    }
+    assert!(
+        hubhook.exists(),
+        "{} missing: cargo build --release -p hubhook-server",
+        hubhook.display()
+    );
+    assert!(docker(&["info"]).0, "no Docker engine (docker info fails)");
+
+    let work = std::env::temp_dir().join(format!("hubhook-redeploy-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let mut guard = Guard {
+        work: work.clone(),
+        children: Vec::new(),
+        containers: Vec::new(),
+        images: Vec::new(),
+    };
+
+    import_images(&work);
+    let registry_port = free_port();
+    guard.children.push(start_registry(&work, registry_port));
+    let repo = format!("127.0.0.1:{registry_port}/{BASE}");
+    for tag in ["v1", "v2"] {
+        must(&["tag", &format!("{BASE}:{tag}"), &format!("{repo}:{tag}")]);
+        must(&["push", &format!("{repo}:{tag}")]);
+        guard.images.push(format!("{repo}:{tag}"));
+    }
+
+    // hubhook, with the docker handler.
+    let (hook_port, hook_page) = (free_port(), free_port());
+    let hook_container = format!("hubhook-bench-hook-{}", std::process::id());
+    guard.containers.push(hook_container.clone());
+    let config = work.join("hubhook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{hook_port}\"\ndata_dir = \"data\"\n[auth]\napi_keys = [\"{KEY}\"]\n\
+             [[handler]]\nname = \"site\"\ntype = \"docker\"\nimage = \"{repo}\"\ncontainer = \"{hook_container}\"\n\
+             tag = \"v*\"\nrun_args = [\"-p\", \"127.0.0.1:{hook_page}:80\"]\nstop_timeout = \"1s\"\n\
+             health = \"http://127.0.0.1:{hook_page}/\"\n"
+        ),
+    )
+    .expect("config");
+    let mut server = Command::new(&hubhook)
+        .args(["serve", "--config", config.to_str().expect("utf8")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hubhook");
+    let log = collect(server.stderr.take().expect("stderr"));
+    guard.children.push(server);
+    wait_until(
+        || TcpStream::connect(("127.0.0.1", hook_port)).is_ok(),
+        "hubhook to listen",
+    );
+
+    // The plain-docker baseline.
+    let plain_page = free_port();
+    let plain_container = format!("hubhook-bench-plain-{}", std::process::id());
+    guard.containers.push(plain_container.clone());
+
+    // First deploys (v1) are not measured: they have no old container to swap.
+    hook_deploy(hook_port, &repo, "v1", hook_page, &log);
+    plain_deploy(&repo, "v1", &plain_container, plain_page);
+
+    let mut hook_rows = Vec::new();
+    let mut plain_rows = Vec::new();
+    for round in 0..rounds {
+        let tag = if round % 2 == 0 { "v2" } else { "v1" };
+        // Alternate which goes first, so neither always runs on a warmer machine.
+        if round % 2 == 0 {
+            hook_rows.push(hook_deploy(hook_port, &repo, tag, hook_page, &log));
+            plain_rows.push(plain_deploy(&repo, tag, &plain_container, plain_page));
+        } else {
+            plain_rows.push(plain_deploy(&repo, tag, &plain_container, plain_page));
+            hook_rows.push(hook_deploy(hook_port, &repo, tag, hook_page, &log));
+        }
+        let (h, p) = (&hook_rows[round], &plain_rows[round]);
+        println!(
+            "round {}: {tag}: hubhook {:>5} ms (pull {} / swap {} / health {}, down {} ms) | docker {:>5} ms (pull {} / swap {} / run+serve {}, down {} ms)",
+            round + 1, h.total, h.pull, h.swap, h.health, h.down, p.total, p.pull, p.swap, p.health, p.down
+        );
+    }
+    let median = |rows: &[Row], f: fn(&Row) -> u128| {
+        let mut v: Vec<u128> = rows.iter().map(f).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    println!("\nmedians over {rounds} rounds (ms)        total   pull   swap  health/run   down");
+    for (label, rows) in [
+        ("hubhook (webhook -> new page)", &hook_rows),
+        ("plain docker commands", &plain_rows),
+    ] {
+        println!(
+            "{label:<38} {:>6} {:>6} {:>6} {:>11} {:>6}",
+            median(rows, |r| r.total),
+            median(rows, |r| r.pull),
+            median(rows, |r| r.swap),
+            median(rows, |r| r.health),
+            median(rows, |r| r.down)
+        );
+    }
+}
+
+/// One deploy's figures, in milliseconds.
+struct Row {
+    total: u128,
+    pull: u128,
+    swap: u128,
+    health: u128,
+    down: u128,
+}
+
+fn hook_deploy(port: u16, repo: &str, tag: &str, page_port: u16, log: &Arc<Mutex<String>>) -> Row {
+    let _ = docker(&["image", "rm", &format!("{repo}:{tag}")]);
+    let seen = log.lock().expect("log").len();
+    let body = format!(
+        r#"{{"push_data":{{"tag":"{tag}","pusher":"bench"}},"repository":{{"repo_name":"{repo}"}}}}"#
+    );
+    let started = Instant::now();
+    let status = post(port, &format!("/hubhook?apikey={KEY}"), &body);
+    assert_eq!(status, 202, "the webhook was not accepted");
+    let (total, down) = wait_for_page(page_port, tag, started);
+    // The handler's own split, from its log line.
+    let needle = format!("deployed {repo}:{tag}");
+    let mut line = String::new();
+    wait_until(
+        || {
+            let text = log.lock().expect("log");
+            match text[seen..].lines().find(|l| l.contains(&needle)) {
+                Some(l) => {
+                    line = l.to_owned();
+                    true
+                }
+                None => {
+                    assert!(
+                        !text[seen..].contains("handler failed"),
+                        "deploy failed:\n{}",
+                        &text[seen..]
+                    );
+                    false
+                }
+            }
+        },
+        "the handler's outcome",
+    );
+    let number = |what: &str| -> u128 {
+        line.split(&format!("{what} "))
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {what} figure in {line:?}"))
+    };
+    Row {
+        total,
+        pull: number("pull"),
+        swap: number("swap"),
+        health: number("health"),
+        down,
+    }
+}
+
+fn plain_deploy(repo: &str, tag: &str, container: &str, page_port: u16) -> Row {
+    let image = format!("{repo}:{tag}");
+    let _ = docker(&["image", "rm", &image]);
+    let started = Instant::now();
+    must(&["pull", "--quiet", &image]);
+    let pulled = started.elapsed().as_millis();
+    let _ = docker(&["rm", "--force", container]);
+    let swapped = started.elapsed().as_millis();
+    must(&[
+        "run",
+        "--detach",
+        "--name",
+        container,
+        "-p",
+        &format!("127.0.0.1:{page_port}:80"),
+        &image,
+    ]);
+    let (total, down) = wait_for_page(page_port, tag, started);
+    Row {
+        total,
+        pull: pulled,
+        swap: swapped - pulled,
+        health: total - swapped,
+        down,
+    }
+}
+
+/// Polls the page every 5 ms until it shows `tag`; returns (ms until then, ms it was down).
+fn wait_for_page(port: u16, tag: &str, started: Instant) -> (u128, u128) {
+    let want = format!("site {tag}");
+    let mut first_failure = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match page(port) {
+            Some(body) if body == want => {
+                let total = started.elapsed().as_millis();
+                let down = first_failure.map_or(0, |at: Instant| at.elapsed().as_millis());
+                return (total, down);
+            }
+            Some(_) => {}
+            None => {
+                first_failure.get_or_insert_with(Instant::now);
+            }
+        }
+        assert!(Instant::now() < deadline, "the page never showed {want}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn page(port: u16) -> Option<String> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    tcp.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.").then_some(())?;
+    text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
+}
+
+fn post(port: u16, target: &str, body: &str) -> u16 {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect to hubhook");
+    write!(
+        tcp,
+        "POST {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send webhook");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("read answer");
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn import_images(work: &Path) {
+    for tag in ["v1", "v2"] {
+        let root = work.join(format!("rootfs-{tag}"));
+        std::fs::create_dir_all(root.join("bin")).expect("rootfs");
+        std::fs::create_dir_all(root.join("www")).expect("rootfs");
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is needed");
+        std::fs::write(root.join("www/index.html"), format!("site {tag}\n")).expect("page");
+        let tar = work.join(format!("{tag}.tar"));
+        let ok = Command::new("tar")
+            .args([
+                "-C",
+                root.to_str().expect("utf8"),
+                "-cf",
+                tar.to_str().expect("utf8"),
+                ".",
+            ])
+            .status()
+            .expect("tar")
+            .success();
+        assert!(ok, "tar failed");
+        must(&[
+            "import",
+            "--change",
+            r#"CMD ["/bin/busybox","httpd","-f","-p","80","-h","/www"]"#,
+            tar.to_str().expect("utf8"),
+            &format!("{BASE}:{tag}"),
+        ]);
+    }
+}
+
+fn start_registry(work: &Path, port: u16) -> Child {
+    let config = work.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            work.join("registry").display()
+        ),
+    )
+    .expect("registry config");
+    let child = Command::new("docker-registry")
+        .args(["serve", config.to_str().expect("utf8")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry is needed (Debian's docker-registry)");
+    wait_until(
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the registry to listen",
+    );
+    child
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn docker(args: &[&str]) -> (bool, String) {
+    match Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) => (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+fn must(args: &[&str]) {
+    let (ok, err) = docker(args);
+    assert!(ok, "docker {args:?} failed: {err}");
+}
+
+fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut text = sink.lock().expect("log");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
+/// Kills what the bench started and removes what it created, by name.
+struct Guard {
+    work: PathBuf,
+    children: Vec<Child>,
+    containers: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for name in &self.containers {
+            let _ = docker(&["rm", "--force", name, &format!("{name}-hubhook-old")]);
+        }
+        for image in self
+            .images
+            .iter()
+            .map(String::as_str)
+            .chain(["hubhook-bench/site:v1", "hubhook-bench/site:v2"])
+        {
+            let _ = docker(&["image", "rm", "--force", image]);
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
