@@ -6,7 +6,9 @@
 //! pull`, `docker rm -f`, `docker run`, as the old reload.sh did). Both pull from a real
 //! registry (Debian's docker-registry on 127.0.0.1) images imported from busybox-static;
 //! the local copy is removed before every deploy so each one really pulls. Also reported:
-//! how long the page was down during each deploy. Medians over the rounds.
+//! how long the page was down during each deploy. Both run the image with `--init`, so the
+//! old container stops on SIGTERM (busybox httpd as PID 1 would ignore it). Medians over
+//! the rounds.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -70,7 +72,7 @@ fn main() {
         format!(
             "listen = \"127.0.0.1:{hook_port}\"\ndata_dir = \"data\"\n[auth]\napi_keys = [\"{KEY}\"]\n\
              [[handler]]\nname = \"site\"\ntype = \"docker\"\nimage = \"{repo}\"\ncontainer = \"{hook_container}\"\n\
-             tag = \"v*\"\nrun_args = [\"-p\", \"127.0.0.1:{hook_page}:80\"]\nstop_timeout = \"1s\"\n\
+             tag = \"v*\"\nrun_args = [\"--init\", \"-p\", \"127.0.0.1:{hook_page}:80\"]\nstop_timeout = \"1s\"\n\
              health = \"http://127.0.0.1:{hook_page}/\"\n"
         ),
     )
@@ -202,22 +204,19 @@ fn plain_deploy(repo: &str, tag: &str, container: &str, page_port: u16) -> Row {
     let pulled = started.elapsed().as_millis();
     let _ = docker(&["rm", "--force", container]);
     let swapped = started.elapsed().as_millis();
+    let publish = format!("127.0.0.1:{page_port}:80");
     must(&[
-        "run",
-        "--detach",
-        "--name",
-        container,
-        "-p",
-        &format!("127.0.0.1:{page_port}:80"),
-        &image,
+        "run", "--detach", "--init", "--name", container, "-p", &publish, &image,
     ]);
-    let (total, down) = wait_for_page(page_port, tag, started);
+    let (total, _) = wait_for_page(page_port, tag, started);
+    // The page is down from `docker rm` on; polling only resumes after `docker run`
+    // returns here, so the gap is counted from the removal.
     Row {
         total,
         pull: pulled,
         swap: swapped - pulled,
         health: total - swapped,
-        down,
+        down: total - pulled,
     }
 }
 
@@ -244,8 +243,12 @@ fn wait_for_page(port: u16, tag: &str, started: Instant) -> (u128, u128) {
 }
 
 fn page(port: u16) -> Option<String> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    // Short timeouts: while a container stops, docker's port proxy may accept a connection
+    // and never answer it; a long wait here would inflate every figure.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+        .ok()?;
     tcp.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
         .ok()?;
     let mut text = String::new();

@@ -396,8 +396,10 @@ impl DockerHandler {
 
     async fn health_gate(&self, name: &str, ctx: &Context) -> Result<(), String> {
         let deadline = Instant::now() + self.health_timeout;
-        // Even without a gate, a container that exits at once is not a deploy.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if self.health == Health::None {
+            // Without a gate, the one check is that the container did not exit at once.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         loop {
             let state = self
                 .docker
@@ -448,7 +450,7 @@ impl DockerHandler {
                 ));
             }
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 () = ctx.cancelled() => return Err("cancelled during the health gate".into()),
             }
         }
@@ -591,7 +593,9 @@ fn object_name(name: &str) -> Result<String, DockerError> {
     }
 }
 
-/// Whether a GET of `url` answers 2xx within two seconds.
+/// Whether a GET of `url` answers 2xx within half a second. Short on purpose: just after
+/// `docker run`, docker's port proxy accepts connections it cannot forward yet and never
+/// answers them; the gate retries until its own timeout instead.
 async fn http_ok(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
         return false;
@@ -611,7 +615,7 @@ async fn http_ok(url: &str) -> bool {
         Some(head.starts_with(b"HTTP/1.") && head[9] == b'2')
     };
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        tokio::time::timeout(Duration::from_millis(500), attempt).await,
         Ok(Some(true))
     )
 }
