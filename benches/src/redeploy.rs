@@ -11,14 +11,14 @@
 //! the rounds.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "redeploy-bench-key-0123456789abcdef";
-const BASE: &str = "hubhook-bench/site";
+use hubhook_testkit::{container_name, docker, free_port, Containers, Registry, TempDir};
 
 fn main() {
     let mut hubhook = PathBuf::from("target/release/hubhook");
@@ -43,29 +43,18 @@ fn main() {
     );
     assert!(docker(&["info"]).0, "no Docker engine (docker info fails)");
 
-    let work = std::env::temp_dir().join(format!("hubhook-redeploy-{}", std::process::id()));
-    std::fs::create_dir_all(&work).expect("work dir");
-    let mut guard = Guard {
-        work: work.clone(),
-        children: Vec::new(),
-        containers: Vec::new(),
-        images: Vec::new(),
-    };
-
-    import_images(&work);
-    let registry_port = free_port();
-    guard.children.push(start_registry(&work, registry_port));
-    let repo = format!("127.0.0.1:{registry_port}/{BASE}");
+    let work = TempDir::new("redeploy");
+    let work = work.path();
+    // The test images (busybox httpd serving "site v1", "site v2") in a real registry.
+    let registry = Registry::start();
+    let repo = registry.repo();
     for tag in ["v1", "v2"] {
-        must(&["tag", &format!("{BASE}:{tag}"), &format!("{repo}:{tag}")]);
-        must(&["push", &format!("{repo}:{tag}")]);
-        guard.images.push(format!("{repo}:{tag}"));
+        registry.push_keeping(tag);
     }
 
     // hubhook, with the docker handler.
     let (hook_port, hook_page) = (free_port(), free_port());
-    let hook_container = format!("hubhook-bench-hook-{}", std::process::id());
-    guard.containers.push(hook_container.clone());
+    let hook_container = container_name("bench-hook");
     let config = work.join("hubhook.toml");
     std::fs::write(
         &config,
@@ -84,7 +73,7 @@ fn main() {
         .spawn()
         .expect("start hubhook");
     let log = collect(server.stderr.take().expect("stderr"));
-    guard.children.push(server);
+    let _server = Kill(server);
     wait_until(
         || TcpStream::connect(("127.0.0.1", hook_port)).is_ok(),
         "hubhook to listen",
@@ -92,8 +81,8 @@ fn main() {
 
     // The plain-docker baseline.
     let plain_page = free_port();
-    let plain_container = format!("hubhook-bench-plain-{}", std::process::id());
-    guard.containers.push(plain_container.clone());
+    let plain_container = container_name("bench-plain");
+    let _containers = Containers(vec![hook_container.clone(), plain_container.clone()]);
 
     // First deploys (v1) are not measured: they have no old container to swap.
     hook_deploy(hook_port, &repo, "v1", hook_page, &log);
@@ -273,85 +262,11 @@ fn post(port: u16, target: &str, body: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn import_images(work: &Path) {
-    for tag in ["v1", "v2"] {
-        let root = work.join(format!("rootfs-{tag}"));
-        std::fs::create_dir_all(root.join("bin")).expect("rootfs");
-        std::fs::create_dir_all(root.join("www")).expect("rootfs");
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is needed");
-        std::fs::write(root.join("www/index.html"), format!("site {tag}\n")).expect("page");
-        let tar = work.join(format!("{tag}.tar"));
-        let ok = Command::new("tar")
-            .args([
-                "-C",
-                root.to_str().expect("utf8"),
-                "-cf",
-                tar.to_str().expect("utf8"),
-                ".",
-            ])
-            .status()
-            .expect("tar")
-            .success();
-        assert!(ok, "tar failed");
-        must(&[
-            "import",
-            "--change",
-            r#"CMD ["/bin/busybox","httpd","-f","-p","80","-h","/www"]"#,
-            tar.to_str().expect("utf8"),
-            &format!("{BASE}:{tag}"),
-        ]);
-    }
-}
-
-fn start_registry(work: &Path, port: u16) -> Child {
-    let config = work.join("registry.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            work.join("registry").display()
-        ),
-    )
-    .expect("registry config");
-    let child = Command::new("docker-registry")
-        .args(["serve", config.to_str().expect("utf8")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry is needed (Debian's docker-registry)");
-    wait_until(
-        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        "the registry to listen",
-    );
-    child
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !done() {
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn docker(args: &[&str]) -> (bool, String) {
-    match Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) => (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ),
-        Err(e) => (false, e.to_string()),
     }
 }
 
@@ -373,31 +288,12 @@ fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     text
 }
 
-/// Kills what the bench started and removes what it created, by name.
-struct Guard {
-    work: PathBuf,
-    children: Vec<Child>,
-    containers: Vec<String>,
-    images: Vec<String>,
-}
+/// Kills the server when the bench ends, however it ends.
+struct Kill(Child);
 
-impl Drop for Guard {
+impl Drop for Kill {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for name in &self.containers {
-            let _ = docker(&["rm", "--force", name, &format!("{name}-hubhook-old")]);
-        }
-        for image in self
-            .images
-            .iter()
-            .map(String::as_str)
-            .chain(["hubhook-bench/site:v1", "hubhook-bench/site:v2"])
-        {
-            let _ = docker(&["image", "rm", "--force", image]);
-        }
-        let _ = std::fs::remove_dir_all(&self.work);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

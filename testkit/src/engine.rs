@@ -204,15 +204,20 @@ impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Tags, and the digest-only references a deploy by digest leaves behind.
         let (_, listed) = docker(&[
             "image",
             "ls",
+            "--digests",
             "--format",
-            "{{.Repository}}:{{.Tag}}",
+            "{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}",
             &self.repo(),
         ]);
-        for image in listed.lines().filter(|l| l.starts_with(&self.host)) {
-            let _ = docker(&["image", "rm", "--force", image]);
+        for reference in listed
+            .split_whitespace()
+            .filter(|r| r.starts_with(&self.host) && !r.ends_with("<none>"))
+        {
+            let _ = docker(&["image", "rm", reference]);
         }
     }
 }
