@@ -51,29 +51,39 @@ impl Pattern {
 
     /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
-        // Iterative wildcard matching with one backtrack point: linear in practice and
-        // never exponential, whatever the pattern.
-        let p: Vec<char> = self.0.chars().collect();
-        let t: Vec<char> = text.chars().collect();
-        let (mut pi, mut ti) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
-            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-                pi += 1;
-                ti += 1;
-            } else if pi < p.len() && p[pi] == '*' {
-                star = Some((pi, ti));
-                pi += 1;
-            } else if let Some((sp, st)) = star {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            } else {
-                return false;
-            }
+        // Repositories and tags are ASCII by the reference grammar: match bytes, no
+        // allocation. Other text falls back to characters.
+        if self.0.is_ascii() && text.is_ascii() {
+            glob(self.0.as_bytes(), text.as_bytes(), b'*', b'?')
+        } else {
+            let p: Vec<char> = self.0.chars().collect();
+            let t: Vec<char> = text.chars().collect();
+            glob(&p, &t, '*', '?')
         }
-        p[pi..].iter().all(|&c| c == '*')
     }
+}
+
+/// Iterative wildcard matching with one backtrack point: linear in practice and never
+/// exponential, whatever the pattern.
+fn glob<T: PartialEq + Copy>(p: &[T], t: &[T], star: T, one: T) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == one || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == star {
+            backtrack = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = backtrack {
+            pi = sp + 1;
+            ti = st + 1;
+            backtrack = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == star)
 }
 
 /// A handler with the messages it wants: repository and tag globs, and a run timeout.
@@ -363,6 +373,8 @@ mod tests {
             ("a*b*c", "aXbY", false),
             ("latest", "latest", true),
             ("latest", "latest2", false),
+            ("é*", "été", true),
+            ("?t?", "été", true),
         ];
         for (glob, text, want) in cases {
             assert_eq!(Pattern::new(glob).matches(text), want, "{glob} ~ {text}");

@@ -88,24 +88,37 @@ pub enum HandlerError {
 pub struct DeliveryId([u8; 26]);
 
 impl DeliveryId {
-    /// A new id for now.
+    /// A new id for now. Ids from one process are unique and strictly increasing, also
+    /// within a millisecond (the random part counts up, as in monotonic ULIDs).
     pub fn generate() -> Self {
+        use std::sync::Mutex;
+        // (last millisecond, its 80-bit random part, a SplitMix64 state seeded once from
+        // the OS): one syscall per process instead of one per delivery.
+        static STATE: Mutex<Option<(u64, u128, u64)>> = Mutex::new(None);
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| d.as_millis() as u64 & 0xFFFF_FFFF_FFFF)
             .unwrap_or(0);
-        let mut random = [0u8; 10];
-        // getrandom only fails when the OS has no entropy source at all; an id that is
-        // unique by time and a process-wide counter is still fine for that case.
-        if getrandom::getrandom(&mut random).is_err() {
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            random[..8].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, random, seed) = state.get_or_insert_with(|| {
+            let mut bytes = [0u8; 8];
+            // Without an entropy source, the time still makes ids unique in this process.
+            let _ = getrandom::getrandom(&mut bytes);
+            (0, 0, u64::from_le_bytes(bytes) ^ millis)
+        });
+        if millis > *last {
+            *last = millis;
+            let high = u128::from(splitmix(seed) & 0xFFFF);
+            *random = (high << 64) | u128::from(splitmix(seed));
+        } else {
+            // Same millisecond, or the clock stepped back: count up from the last id.
+            *random = (*random + 1) & ((1 << 80) - 1);
+            if *random == 0 {
+                *last += 1;
+            }
         }
-        let mut value: u128 = u128::from(millis & 0xFFFF_FFFF_FFFF) << 80;
-        for (i, b) in random.iter().enumerate() {
-            value |= u128::from(*b) << (72 - 8 * i);
-        }
+        let value = (u128::from(*last) << 80) | *random;
+        drop(state);
         const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
         let mut out = [0u8; 26];
         for (i, slot) in out.iter_mut().enumerate() {
@@ -120,6 +133,14 @@ impl DeliveryId {
         // Only ASCII from ALPHABET is ever stored.
         std::str::from_utf8(&self.0).unwrap_or("")
     }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// The text is not a delivery id (26 characters of Crockford base32).
@@ -226,6 +247,12 @@ impl Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_ids_increase_within_a_millisecond() {
+        let ids: Vec<DeliveryId> = (0..10_000).map(|_| DeliveryId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    }
 
     #[test]
     fn delivery_ids_are_distinct_and_sortable() {

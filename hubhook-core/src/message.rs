@@ -6,8 +6,9 @@
 //! downstream acts on them: the repository name and the tag must follow the
 //! image-reference grammar.
 
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::reference::{self, ReferenceError};
 
@@ -177,27 +178,34 @@ impl HubMessage {
     /// means `latest`. The repository name is `repository.repo_name`, or
     /// `namespace/name` when that is absent.
     pub fn from_json(body: &[u8]) -> Result<Self, MessageError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            // serde_json's message is short and says where; it never echoes the input.
-            MessageError::Json(e.to_string())
-        })?;
-        let Value::Object(root) = value else {
-            return Err(MessageError::Shape("the body is not a JSON object"));
+        // Borrowed slices of the body for the fields hubhook reads; everything else is
+        // skipped without being built. Each field is then read for what it can be.
+        if !body.trim_ascii_start().starts_with(b"{") {
+            // (serde would also take an array for a struct.) Say whether it is JSON at all.
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Ok(_) => MessageError::Shape("the body is not a JSON object"),
+                    Err(e) => MessageError::Json(e.to_string()),
+                },
+            );
+        }
+        // serde_json's message is short and says where; it never echoes the input.
+        let root: WireRoot<'_> =
+            serde_json::from_slice(body).map_err(|e| MessageError::Json(e.to_string()))?;
+        let push: WirePush<'_> = match root.push_data.filter(|raw| raw.get() != "null") {
+            None => WirePush::default(),
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|_| MessageError::Shape("push_data is not an object"))?,
         };
-        let push = match root.get("push_data") {
-            Some(Value::Object(p)) => Some(p),
-            None | Some(Value::Null) => None,
-            Some(_) => return Err(MessageError::Shape("push_data is not an object")),
-        };
-        let Some(Value::Object(repo)) = root.get("repository") else {
-            return Err(MessageError::Shape("repository object is missing"));
+        let repo: WireRepo<'_> = match root.repository {
+            Some(raw) if raw.get().starts_with('{') => serde_json::from_str(raw.get())
+                .map_err(|_| MessageError::Shape("repository object is missing"))?,
+            _ => return Err(MessageError::Shape("repository object is missing")),
         };
 
-        let empty = Map::new();
-        let push = push.unwrap_or(&empty);
-        let name = string(repo, "name").unwrap_or_default();
-        let namespace = string(repo, "namespace");
-        let repo_name = match string(repo, "repo_name") {
+        let name = string(repo.name).unwrap_or_default();
+        let namespace = string(repo.namespace);
+        let repo_name = match string(repo.repo_name) {
             Some(full) => full,
             None if name.is_empty() => {
                 return Err(MessageError::Shape(
@@ -209,7 +217,7 @@ impl HubMessage {
                 None => name.clone(),
             },
         };
-        let tag = string(push, "tag").unwrap_or_else(|| "latest".to_owned());
+        let tag = string(push.tag).unwrap_or_else(|| "latest".to_owned());
         // A self-hosted registry may send its host in repo_name; `repo()` is always the
         // path and the host goes to `registry`, as for every other provider.
         let (registry, repo_name) = match split_registry(&repo_name) {
@@ -218,33 +226,39 @@ impl HubMessage {
         };
 
         let mut msg = HubMessage {
-            callback_url: string(&root, "callback_url"),
+            callback_url: string(root.callback_url),
             push_data: PushData {
-                pushed_at: timestamp(push, "pushed_at"),
-                pusher: string(push, "pusher"),
+                pushed_at: timestamp(push.pushed_at),
+                pusher: string(push.pusher),
                 tag,
-                images: match push.get("images") {
-                    Some(Value::Array(items)) => items
-                        .iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect(),
-                    _ => Vec::new(),
-                },
+                images: push
+                    .images
+                    .and_then(|raw| serde_json::from_str::<Vec<Value>>(raw.get()).ok())
+                    .map(|items| {
+                        items
+                            .into_iter()
+                            .filter_map(|v| match v {
+                                Value::String(s) => Some(s),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             },
             repository: Repository {
                 name,
                 namespace,
-                owner: string(repo, "owner"),
+                owner: string(repo.owner),
                 repo_name,
-                repo_url: string(repo, "repo_url"),
-                is_private: boolean(repo, "is_private"),
-                is_official: boolean(repo, "is_official"),
-                is_trusted: boolean(repo, "is_trusted"),
-                status: string(repo, "status"),
-                description: string(repo, "description"),
-                date_created: timestamp(repo, "date_created"),
-                star_count: count(repo, "star_count"),
-                comment_count: count(repo, "comment_count"),
+                repo_url: string(repo.repo_url),
+                is_private: boolean(repo.is_private),
+                is_official: boolean(repo.is_official),
+                is_trusted: boolean(repo.is_trusted),
+                status: string(repo.status),
+                description: string(repo.description),
+                date_created: timestamp(repo.date_created),
+                star_count: count(repo.star_count),
+                comment_count: count(repo.comment_count),
             },
             source: SOURCE_DOCKERHUB.to_owned(),
             registry,
@@ -267,15 +281,14 @@ impl HubMessage {
         let mut msg = Self::from_json(json)?;
         let value: Value =
             serde_json::from_slice(json).map_err(|e| MessageError::Json(e.to_string()))?;
-        if let Value::Object(root) = value {
-            if let Some(source) = string(&root, "source") {
-                msg.source = source;
-            }
-            if let Some(registry) = string(&root, "registry") {
-                msg.registry = Some(registry);
-            }
-            msg.digest = string(&root, "digest");
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+        if let Some(source) = text("source") {
+            msg.source = source;
         }
+        if let Some(registry) = text("registry") {
+            msg.registry = Some(registry);
+        }
+        msg.digest = text("digest");
         msg.validate()?;
         Ok(msg)
     }
@@ -394,16 +407,76 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-fn string(obj: &Map<String, Value>, key: &str) -> Option<String> {
-    match obj.get(key)? {
-        Value::String(s) => Some(s.clone()),
-        _ => None,
-    }
+/// The fields of the payload hubhook reads, as borrowed raw JSON.
+#[derive(Deserialize)]
+struct WireRoot<'a> {
+    #[serde(borrow)]
+    callback_url: Option<&'a RawValue>,
+    #[serde(borrow)]
+    push_data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    repository: Option<&'a RawValue>,
 }
 
-fn boolean(obj: &Map<String, Value>, key: &str) -> Option<bool> {
-    match obj.get(key)? {
-        Value::Bool(b) => Some(*b),
+#[derive(Deserialize, Default)]
+struct WirePush<'a> {
+    #[serde(borrow)]
+    tag: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pushed_at: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pusher: Option<&'a RawValue>,
+    #[serde(borrow)]
+    images: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct WireRepo<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    namespace: Option<&'a RawValue>,
+    #[serde(borrow)]
+    owner: Option<&'a RawValue>,
+    #[serde(borrow)]
+    repo_name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    repo_url: Option<&'a RawValue>,
+    #[serde(borrow)]
+    is_private: Option<&'a RawValue>,
+    #[serde(borrow)]
+    is_official: Option<&'a RawValue>,
+    #[serde(borrow)]
+    is_trusted: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    description: Option<&'a RawValue>,
+    #[serde(borrow)]
+    date_created: Option<&'a RawValue>,
+    #[serde(borrow)]
+    star_count: Option<&'a RawValue>,
+    #[serde(borrow)]
+    comment_count: Option<&'a RawValue>,
+}
+
+/// A string field; anything else (null, a number, an object) is no value.
+fn string(raw: Option<&RawValue>) -> Option<String> {
+    serde_json::from_str(raw?.get()).ok()
+}
+
+/// A scalar field as a `Value`; objects and arrays are no value.
+fn scalar(raw: Option<&RawValue>) -> Option<Value> {
+    let text = raw?.get();
+    if text.starts_with(['{', '[']) {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
+fn boolean(raw: Option<&RawValue>) -> Option<bool> {
+    match scalar(raw)? {
+        Value::Bool(b) => Some(b),
         Value::String(s) => s.parse().ok(),
         Value::Number(n) => n.as_u64().map(|n| n != 0),
         _ => None,
@@ -411,8 +484,8 @@ fn boolean(obj: &Map<String, Value>, key: &str) -> Option<bool> {
 }
 
 /// Seconds since the epoch from an integer, a float (`1.417566161e+09`) or a numeric string.
-fn timestamp(obj: &Map<String, Value>, key: &str) -> Option<i64> {
-    let float = match obj.get(key)? {
+fn timestamp(raw: Option<&RawValue>) -> Option<i64> {
+    let float = match scalar(raw)? {
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 return Some(i);
@@ -431,8 +504,8 @@ fn timestamp(obj: &Map<String, Value>, key: &str) -> Option<i64> {
     (float.is_finite() && float.abs() < 1e15).then(|| float.trunc() as i64)
 }
 
-fn count(obj: &Map<String, Value>, key: &str) -> Option<u64> {
-    match obj.get(key)? {
+fn count(raw: Option<&RawValue>) -> Option<u64> {
+    match scalar(raw)? {
         Value::Number(n) => n.as_u64().or_else(|| {
             n.as_f64()
                 .filter(|f| *f >= 0.0 && *f < 1e15)
