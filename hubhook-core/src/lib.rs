@@ -54,6 +54,7 @@
 //! | request | answer |
 //! |---|---|
 //! | POST to the hook path, valid key, valid payload | 202 `{"delivery":"<id>"}` |
+//! | a registry/GitHub event with nothing to deploy | 200 `{"ignored":"<why>"}` |
 //! | missing or wrong key | 401, the same body whatever the reason |
 //! | body not JSON, or not a Docker Hub payload | 400 `{"error":"<reason>"}` |
 //! | body over the limit | 413, refused on `Content-Length` before reading |
