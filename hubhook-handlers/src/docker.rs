@@ -254,22 +254,80 @@ impl DockerHandler {
         })
     }
 
+    /// Pulls the pushed tag (a failed pull touches nothing) and returns what to run:
+    /// `image@digest` when the provider named the digest, after checking that the tag
+    /// really points to it (so a payload cannot pick another build of the repository
+    /// under an allowed tag), else `image:tag`.
+    async fn pull(&self, msg: &HubMessage, ctx: &Context) -> Result<String, HandlerError> {
+        let tagged = format!("{}:{}", self.image, msg.tag());
+        self.docker
+            .run(&["pull", &tagged], ctx)
+            .await
+            .map_err(|e| failed(format!("pull of {tagged} failed, nothing changed: {e}")))?;
+        let Some(digest) = &msg.digest else {
+            return Ok(tagged);
+        };
+        let known = self
+            .docker
+            .run(
+                &[
+                    "image",
+                    "inspect",
+                    "--format",
+                    "{{range .RepoDigests}}{{.}} {{end}}",
+                    &tagged,
+                ],
+                ctx,
+            )
+            .await
+            .map_err(failed)?;
+        let suffix = format!("@{digest}");
+        if known.split_whitespace().any(|d| d.ends_with(&suffix)) {
+            Ok(format!("{}@{digest}", self.image))
+        } else {
+            Err(HandlerError::Rejected(format!(
+                "{tagged} does not point to the pushed digest {digest} (a newer push won, or the \
+                 payload names another build); nothing changed"
+            )))
+        }
+    }
+
+    /// Pull, then swap or update; runs in its own task (see `handle`).
+    async fn deploy(&self, msg: &HubMessage, ctx: &Context) -> Result<Outcome, HandlerError> {
+        let started = Instant::now();
+        match &self.target {
+            Target::Container {
+                name,
+                run_args,
+                command,
+            } => {
+                let reference = self.pull(msg, ctx).await?;
+                let pulled = started.elapsed();
+                self.deploy_container(started, pulled, &reference, ctx, name, run_args, command)
+                    .await
+            }
+            Target::Service { name } => {
+                // Swarm's nodes pull for themselves; pull here only to check a digest.
+                let reference = match msg.digest {
+                    Some(_) => self.pull(msg, ctx).await?,
+                    None => format!("{}:{}", self.image, msg.tag()),
+                };
+                self.deploy_service(&reference, ctx, name).await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn deploy_container(
         &self,
+        started: Instant,
+        pulled: Duration,
         reference: &str,
         ctx: &Context,
         name: &str,
         run_args: &[String],
         command: &[String],
     ) -> Result<Outcome, HandlerError> {
-        let started = Instant::now();
-        // 1. Pull. Nothing else is touched until the image is here.
-        self.docker
-            .run(&["pull", reference], ctx)
-            .await
-            .map_err(|e| failed(format!("pull of {reference} failed, nothing changed: {e}")))?;
-        let pulled = started.elapsed();
-
         // 2. Move the running container aside, keeping it for a rollback.
         let old = format!("{name}-hubhook-old");
         if self.exists(&old, ctx).await? {
@@ -395,7 +453,10 @@ impl DockerHandler {
     }
 
     async fn health_gate(&self, name: &str, ctx: &Context) -> Result<(), String> {
-        let deadline = Instant::now() + self.health_timeout;
+        // A configured timeout too large to add is as good as none.
+        let deadline = Instant::now()
+            .checked_add(self.health_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 24 * 3600));
         if self.health == Health::None {
             // Without a gate, the one check is that the container did not exit at once.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -532,27 +593,32 @@ impl Handler for DockerHandler {
     }
 
     async fn handle(&self, msg: &HubMessage, ctx: &Context) -> Result<Outcome, HandlerError> {
-        let reference = self.reference_for(msg)?;
-        let (key, lock) = match &self.target {
+        // Everything the payload chooses is checked before any docker call.
+        self.reference_for(msg)?;
+        let (key, name) = match &self.target {
             Target::Container { name, .. } => ("container", name),
             Target::Service { name } => ("service", name),
         };
         // Two deploys of one container or service never overlap, whichever handler runs them.
         let lock = deploy_lock(&format!(
-            "{}|{key}|{lock}",
+            "{}|{key}|{name}",
             self.docker.host.as_deref().unwrap_or("")
         ));
-        let _held = lock.lock().await;
-        match &self.target {
-            Target::Container {
-                name,
-                run_args,
-                command,
-            } => {
-                self.deploy_container(&reference, ctx, name, run_args, command)
-                    .await
+        // The deploy runs in its own task, lock included: if this run is dropped (its
+        // timeout or the shutdown's grace period ran out) half-way through a swap, the task
+        // still finishes the swap or puts the old container back. The cancellation reaches
+        // it through `ctx`, which stops the pull and the health gate, never a swap step.
+        let (this, msg, ctx) = (self.clone(), msg.clone(), ctx.clone());
+        let task = tokio::spawn(async move {
+            let _held = lock.lock_owned().await;
+            this.deploy(&msg, &ctx).await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => {
+                Err(HandlerError::Panicked("the deploy task panicked".into()))
             }
-            Target::Service { name } => self.deploy_service(&reference, ctx, name).await,
+            Err(e) => Err(failed(format!("the deploy task ended: {e}"))),
         }
     }
 }
@@ -604,10 +670,16 @@ async fn http_ok(url: &str) -> bool {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
+    // `http://host/` means port 80; connecting needs it spelled out.
+    let address = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_owned()
+    };
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: hubhook\r\n\r\n");
     let attempt = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let mut tcp = tokio::net::TcpStream::connect(&address).await.ok()?;
         tcp.write_all(request.as_bytes()).await.ok()?;
         let mut head = [0u8; 12];
         tcp.read_exact(&mut head).await.ok()?;

@@ -399,3 +399,103 @@ async fn a_swarm_service_moves_to_v2_and_a_broken_image_fails() {
         "v2 still serves after the rollback"
     );
 }
+
+#[tokio::test]
+async fn a_digest_must_be_what_the_tag_points_to() {
+    if !available("a_digest_must_be_what_the_tag_points_to") {
+        return;
+    }
+    let registry = Registry::start();
+    registry.push_keeping("v1");
+    registry.push("v2");
+    let (_, v1_digest) = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &format!("{}:v1", registry.repo()),
+    ]);
+    let v1_digest = v1_digest.trim().rsplit('@').next().unwrap_or("").to_owned();
+    assert!(v1_digest.starts_with("sha256:"), "{v1_digest}");
+    let name = container_name("digest");
+    let _cleanup = Containers(vec![name.clone()]);
+    let port = free_port();
+    let handler = site(&registry, &name, port);
+
+    // An allowed tag with the digest of another build: refused, nothing runs.
+    let mut lying = push_of(&registry, "v2");
+    lying.digest = Some(v1_digest.clone());
+    let err = deploy(&handler, &lying).await.expect_err("refused");
+    assert!(matches!(err, HandlerError::Rejected(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("does not point to the pushed digest"),
+        "{err}"
+    );
+    assert!(container_id(&name).is_none(), "nothing was started");
+
+    // The tag's own digest deploys, by digest.
+    let mut honest = push_of(&registry, "v1");
+    honest.digest = Some(v1_digest.clone());
+    let done = deploy(&handler, &honest).await.expect("deploys");
+    assert!(done.contains(&format!("@{v1_digest}")), "{done}");
+    assert_eq!(page(port).as_deref(), Some("site v1"));
+}
+
+#[tokio::test]
+async fn a_timeout_in_the_middle_of_a_swap_does_not_leave_the_site_down() {
+    if !available("a_timeout_in_the_middle_of_a_swap") {
+        return;
+    }
+    let registry = Registry::start();
+    registry.push("v1");
+    registry.push("v2");
+    let name = container_name("midswap");
+    let _cleanup = Containers(vec![name.clone()]);
+    let port = free_port();
+    // busybox httpd as PID 1 ignores SIGTERM, so `docker stop` takes its whole 8 s; the
+    // run's timeout (1 s) and the cleanup window after it (5 s) end while it is stopping.
+    let handler = site(&registry, &name, port).stop_timeout(Duration::from_secs(8));
+    deploy(&handler, &push_of(&registry, "v1"))
+        .await
+        .expect("v1 deploys");
+    let service = HubhookService::builder()
+        .allow_unauthenticated(true)
+        .route(Route::new(handler).timeout(Duration::from_secs(1)))
+        .build()
+        .expect("service");
+    let body = serde_json::json!({
+        "push_data": {"tag": "v2"},
+        "repository": {"repo_name": registry.repo()},
+    });
+    let request = http::Request::post("/hubhook")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    assert_eq!(service.respond(request).await.status(), 202);
+    // The dispatcher gives up on the run (1 s timeout + 5 s to clean up) long before
+    // `docker stop` returns; the swap goes on in its own task.
+    let started = std::time::Instant::now();
+    service.shutdown(Duration::from_secs(30)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the run was abandoned mid-swap"
+    );
+    let mut serving = None;
+    for _ in 0..300 {
+        if container_id(&format!("{name}-hubhook-old")).is_none() {
+            serving = page(port);
+            if serving.is_some() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The task either finished the deploy (v2) or, cancelled in its gate, put the old
+    // container back (v1); both leave one container serving and no half-swap behind.
+    assert!(
+        matches!(serving.as_deref(), Some("site v1" | "site v2")),
+        "a version serves after the timeout: {serving:?}"
+    );
+    assert!(container_id(&name).is_some());
+    assert!(container_id(&format!("{name}-hubhook-old")).is_none());
+}
