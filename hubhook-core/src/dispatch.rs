@@ -236,8 +236,9 @@ impl Dispatcher {
         self.tracker.spawn(async move {
             let _permit = permit;
             let mut ctx = Context::new(delivery).with_cancellation(cancel.clone());
-            if let Some(limit) = timeout {
-                ctx = ctx.with_deadline(Instant::now() + limit);
+            // A timeout too large to add to now is as good as none.
+            if let Some(deadline) = timeout.and_then(|limit| Instant::now().checked_add(limit)) {
+                ctx = ctx.with_deadline(deadline);
             }
             let started = Instant::now();
             let result = run(&*handler, &msg, &ctx, timeout, &cancel).await;

@@ -25,7 +25,7 @@ use crate::HubMessage;
 const REMEMBERED_EVENTS: usize = 4096;
 
 /// Which registry's webhooks a hook receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Provider {
     /// Docker Hub's webhook payload.
@@ -43,7 +43,7 @@ pub enum Provider {
 
 /// Where a generic hook finds things in the JSON body (RFC 6901 pointers), and how it is
 /// signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Generic {
     /// Pointer to the repository (`"/repository/name"`); a registry host in it is kept.
@@ -55,6 +55,32 @@ pub struct Generic {
     /// A header holding a hex HMAC-SHA256 of the body (`sha256=` prefix optional), with the
     /// secret, when the sender signs its requests.
     pub signature: Option<(String, String)>,
+}
+
+// Secrets never show in Debug output (a config dump, a panic message, a log line).
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DockerHub => f.write_str("DockerHub"),
+            Self::Registry => f.write_str("Registry"),
+            Self::GitHub { .. } => f.write_str("GitHub { secret: <redacted> }"),
+            Self::Generic(g) => f.debug_tuple("Generic").field(g).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Generic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generic")
+            .field("repo", &self.repo)
+            .field("tag", &self.tag)
+            .field("digest", &self.digest)
+            .field(
+                "signature_header",
+                &self.signature.as_ref().map(|(header, _)| header),
+            )
+            .finish()
+    }
 }
 
 impl Generic {
@@ -120,9 +146,13 @@ impl Provider {
 
     /// Whether requests must carry a signature instead of (or besides) an API key.
     pub(crate) fn is_signed(&self) -> bool {
+        // An empty secret signs nothing: anyone can compute that HMAC.
         match self {
-            Self::GitHub { .. } => true,
-            Self::Generic(g) => g.signature.is_some(),
+            Self::GitHub { secret } => !secret.is_empty(),
+            Self::Generic(g) => g
+                .signature
+                .as_ref()
+                .is_some_and(|(_, secret)| !secret.is_empty()),
             _ => false,
         }
     }
@@ -227,6 +257,8 @@ fn registry(body: &[u8]) -> Result<Decoded, Refusal> {
                         "a push event has no target.repository".into(),
                     ));
                 };
+                // Each message keeps its own event as raw JSON, not the whole envelope:
+                // an envelope of many events must not cost events × envelope in memory.
                 let msg = message(
                     "registry",
                     text(event, "/request/host"),
@@ -234,7 +266,7 @@ fn registry(body: &[u8]) -> Result<Decoded, Refusal> {
                     tag,
                     text(event, "/target/digest"),
                     text(event, "/actor/name"),
-                    body,
+                    event.to_string().as_bytes(),
                 )?;
                 messages.push((msg, text(event, "/id").map(str::to_owned)));
             }
@@ -351,20 +383,26 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Event ids a hook has acted on recently, so a redelivered event acts once.
+/// Event ids a hook has acted on recently, so a redelivered event acts once. Kept as
+/// SHA-256 digests: ids are sender-chosen text of any length.
 #[derive(Debug, Default)]
-pub(crate) struct RecentEvents(Mutex<(HashSet<String>, VecDeque<String>)>);
+pub(crate) struct RecentEvents(Mutex<Remembered>);
+
+/// The digests, as a set to look up and in arrival order to forget the oldest.
+type Remembered = (HashSet<[u8; 32]>, VecDeque<[u8; 32]>);
 
 impl RecentEvents {
     pub(crate) fn seen(&self, id: &str) -> bool {
-        self.0.lock().map(|g| g.0.contains(id)).unwrap_or(false)
+        let key = digest(id);
+        self.0.lock().map(|g| g.0.contains(&key)).unwrap_or(false)
     }
 
     pub(crate) fn remember(&self, id: &str) {
+        let key = digest(id);
         let Ok(mut guard) = self.0.lock() else { return };
         let (set, order) = &mut *guard;
-        if set.insert(id.to_owned()) {
-            order.push_back(id.to_owned());
+        if set.insert(key) {
+            order.push_back(key);
             if order.len() > REMEMBERED_EVENTS {
                 if let Some(old) = order.pop_front() {
                     set.remove(&old);
@@ -372,6 +410,11 @@ impl RecentEvents {
             }
         }
     }
+}
+
+fn digest(id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(id.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -420,6 +463,20 @@ mod tests {
         assert!(github
             .verify(&headers(&[("x-hub-signature-256", "sha256=zz")]), b"x")
             .is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_empty_ones_sign_nothing() {
+        let github = Provider::GitHub {
+            secret: "top-secret-value".into(),
+        };
+        assert!(!format!("{github:?}").contains("top-secret-value"));
+        let generic = Provider::Generic(Generic::new("/r", "/t").signed("X-Sig", "another-secret"));
+        assert!(!format!("{generic:?}").contains("another-secret"));
+        assert!(!Provider::GitHub {
+            secret: String::new()
+        }
+        .is_signed());
     }
 
     #[test]

@@ -692,14 +692,17 @@ impl Parser<'_> {
                 ),
             ));
         }
-        let required = |value: &Option<Spanned<String>>, name: &str, why: &str| {
-            value.as_ref().map(|v| v.get_ref().clone()).ok_or_else(|| {
-                self.error_at(
-                    hook.span(),
-                    &key(name),
-                    format!("missing required key `{name}` {why}"),
-                )
-            })
+        let required = |value: &Option<Spanned<String>>, name: &str, why: &str| match value {
+            None => Err(self.error_at(
+                hook.span(),
+                &key(name),
+                format!("missing required key `{name}` {why}"),
+            )),
+            // An empty secret (or pointer) is no secret: anyone can compute that HMAC.
+            Some(v) if v.get_ref().is_empty() => {
+                Err(self.error_at(v.span(), &key(name), format!("`{name}` must not be empty")))
+            }
+            Some(v) => Ok(v.get_ref().clone()),
         };
         let pointer =
             |value: &Option<Spanned<String>>, name: &str| -> Result<Option<String>, ConfigError> {
@@ -1075,6 +1078,11 @@ mod tests {
         let e = error("[[hook]]\npath = \"/r\"\nprovider = \"registry\"\n");
         assert!(
             e.starts_with("hubhook.toml:1: hook[0].api_keys: no API key for this hook"),
+            "{e}"
+        );
+        let e = error("[[hook]]\npath = \"/g\"\nprovider = \"github\"\nsecret = \"\"\n");
+        assert!(
+            e.starts_with("hubhook.toml:4: hook[0].secret: `secret` must not be empty"),
             "{e}"
         );
         let e = error("[[hook]]\npath = \"/g\"\nprovider = \"github\"\n");
