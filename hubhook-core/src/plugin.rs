@@ -207,7 +207,13 @@ pub struct PluginHandler {
     plugin: String,
     version: String,
     instance: Arc<Instance>,
+    calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Calls of one plugin that may run at once. A call past its timeout keeps its thread until
+/// it returns; the bound keeps a hung plugin from taking every blocking thread of the
+/// process (and with them everything else that needs one).
+const MAX_CALLS: usize = 16;
 
 /// An initialised plugin state; destroyed when the last user (a handler clone or a call
 /// still running on a blocking thread) lets go of it.
@@ -317,6 +323,7 @@ impl PluginHandler {
             plugin,
             version,
             instance: Arc::new(Instance { path, table, state }),
+            calls: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS)),
         })
     }
 
@@ -352,9 +359,16 @@ impl Handler for PluginHandler {
         })
         .to_string();
         let instance = self.instance.clone();
+        let Ok(permit) = self.calls.clone().try_acquire_owned() else {
+            return Err(HandlerError::Failed(format!(
+                "plugin {} has {MAX_CALLS} calls still running (hung?); not starting another",
+                self.plugin
+            )));
+        };
         // A plugin call blocks its thread; it runs where blocking is allowed. If the run
-        // times out, the call keeps its thread (and the state) until it returns.
+        // times out, the call keeps its thread, its permit and the state until it returns.
         let call = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut out = Vec::new();
             // SAFETY: `state` is live (the Arc is held for the call), `delivery` and `out`
             // outlive the call, and the plugin allows concurrent calls.

@@ -376,6 +376,14 @@ fn panics_and_hangs_are_contained_and_the_next_delivery_is_fine() {
         metrics.contains("hubhook_handler_runs_total{handler=\"hangs\",outcome=\"timeout\"} 1"),
         "{metrics}"
     );
+    // A hung plugin holds a blocking thread per call; past 16 such calls it fails fast
+    // instead of taking every blocking thread of the server.
+    for _ in 0..16 {
+        assert_eq!(post("latest"), 202);
+    }
+    let busy = server.wait_for_stderr("calls still running");
+    assert!(busy.contains("handler=\"hangs\""), "{busy}");
+    assert_eq!(request(server.addr, "GET", "/healthz", &[], b"").0, 200);
     assert!(server.terminate().success());
 }
 
