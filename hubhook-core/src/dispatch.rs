@@ -173,6 +173,15 @@ pub(crate) struct Dispatcher {
     cancel: CancellationToken,
     capacity: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    #[cfg(feature = "journal")]
+    pub(crate) journal: Option<Arc<crate::journal::Journal>>,
+}
+
+/// Slots taken for one delivery's runs, before it is journaled and started.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    routes: Vec<usize>,
+    permits: Vec<OwnedSemaphorePermit>,
 }
 
 /// No room for more runs right now.
@@ -187,6 +196,8 @@ impl Dispatcher {
             cancel: CancellationToken::new(),
             capacity: Arc::new(Semaphore::new(max_pending)),
             metrics,
+            #[cfg(feature = "journal")]
+            journal: None,
         }
     }
 
@@ -194,32 +205,65 @@ impl Dispatcher {
         &self.routes
     }
 
-    /// Starts a run of every matching handler; returns how many started. Either all
-    /// matching handlers get a slot or none does, so a refused request leaves no half
-    /// delivery behind.
-    pub(crate) fn dispatch(&self, msg: HubMessage, delivery: DeliveryId) -> Result<usize, Busy> {
-        let matching: Vec<&Route> = self.routes.iter().filter(|r| r.matches(&msg)).collect();
-        if matching.is_empty() {
-            return Ok(0);
+    /// Takes a slot for each handler that wants `msg` (of those named in `only`, when
+    /// given): either every one or none, so a refused delivery leaves nothing behind.
+    pub(crate) fn reserve(
+        &self,
+        msg: &HubMessage,
+        only: Option<&[String]>,
+    ) -> Result<Reservation, Busy> {
+        let routes: Vec<usize> = (0..self.routes.len())
+            .filter(|&i| {
+                let route = &self.routes[i];
+                route.matches(msg)
+                    && only.is_none_or(|names| names.iter().any(|n| n == route.name()))
+            })
+            .collect();
+        if routes.is_empty() {
+            return Ok(Reservation {
+                routes,
+                permits: Vec::new(),
+            });
         }
         if self.tracker.is_closed() {
             return Err(Busy);
         }
-        let mut permits = Vec::with_capacity(matching.len());
-        for _ in &matching {
+        let mut permits = Vec::with_capacity(routes.len());
+        for _ in &routes {
             // Dropping `permits` on the way out gives back what was taken.
-            let permit = self
-                .capacity
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Busy)?;
-            permits.push(permit);
+            permits.push(
+                self.capacity
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Busy)?,
+            );
         }
+        Ok(Reservation { routes, permits })
+    }
+
+    /// The names of the handlers a reservation is for.
+    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
+    pub(crate) fn names(&self, reservation: &Reservation) -> Vec<String> {
+        reservation
+            .routes
+            .iter()
+            .map(|&i| self.routes[i].name().to_owned())
+            .collect()
+    }
+
+    /// Starts the reserved runs; returns how many started.
+    pub(crate) fn start(
+        &self,
+        reservation: Reservation,
+        msg: HubMessage,
+        delivery: DeliveryId,
+    ) -> usize {
         let msg = Arc::new(msg);
-        for (route, permit) in matching.iter().zip(permits) {
-            self.spawn(route, msg.clone(), delivery, permit);
+        let started = reservation.routes.len();
+        for (i, permit) in reservation.routes.into_iter().zip(reservation.permits) {
+            self.spawn(&self.routes[i], msg.clone(), delivery, permit);
         }
-        Ok(matching.len())
+        started
     }
 
     fn spawn(
@@ -233,6 +277,8 @@ impl Dispatcher {
         let timeout = route.timeout;
         let cancel = self.cancel.child_token();
         let metrics = self.metrics.clone();
+        #[cfg(feature = "journal")]
+        let journal = self.journal.clone();
         self.tracker.spawn(async move {
             let _permit = permit;
             let mut ctx = Context::new(delivery).with_cancellation(cancel.clone());
@@ -241,10 +287,16 @@ impl Dispatcher {
                 ctx = ctx.with_deadline(deadline);
             }
             let started = Instant::now();
+            #[cfg(feature = "journal")]
+            let started_at = std::time::SystemTime::now();
             let result = run(&*handler, &msg, &ctx, timeout, &cancel).await;
             let elapsed = started.elapsed();
             let name = handler.name();
             metrics.record_run(name, &result, elapsed);
+            #[cfg(feature = "journal")]
+            if let Some(journal) = &journal {
+                journal.record_run(delivery, name, ctx.attempt(), started_at, &result);
+            }
             match &result {
                 Ok(outcome) => tracing::info!(
                     handler = name, %delivery, repo = msg.repo(), tag = msg.tag(),

@@ -85,6 +85,8 @@ mod auth;
 mod dispatch;
 mod error;
 mod handler;
+#[cfg(feature = "journal")]
+pub mod journal;
 mod listener;
 mod message;
 mod metrics;

@@ -75,6 +75,8 @@ pub struct HubhookServiceBuilder {
     read_timeout: Duration,
     max_pending: usize,
     routes: Vec<Route>,
+    #[cfg(feature = "journal")]
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl HubhookServiceBuilder {
@@ -127,6 +129,15 @@ impl HubhookServiceBuilder {
     /// that would need more gets 503 with `Retry-After`.
     pub fn max_pending(mut self, runs: usize) -> Self {
         self.max_pending = runs;
+        self
+    }
+
+    /// Records every accepted delivery in `journal` before answering 2xx, and every
+    /// handler run's outcome; [`HubhookService::recover`] runs what a previous process
+    /// left unfinished.
+    #[cfg(feature = "journal")]
+    pub fn journal(mut self, journal: crate::journal::Journal) -> Self {
+        self.journal = Some(Arc::new(journal));
         self
     }
 
@@ -186,7 +197,16 @@ impl HubhookServiceBuilder {
                 max_body: self.max_body,
                 read_timeout: self.read_timeout,
                 draining: AtomicBool::new(false),
-                dispatcher: Dispatcher::new(self.routes, self.max_pending.max(1), metrics.clone()),
+                dispatcher: {
+                    #[allow(unused_mut)]
+                    let mut dispatcher =
+                        Dispatcher::new(self.routes, self.max_pending.max(1), metrics.clone());
+                    #[cfg(feature = "journal")]
+                    {
+                        dispatcher.journal = self.journal;
+                    }
+                    dispatcher
+                },
                 metrics,
             }),
         })
@@ -204,6 +224,8 @@ impl HubhookService {
             read_timeout: Duration::from_secs(30),
             max_pending: 1024,
             routes: Vec::new(),
+            #[cfg(feature = "journal")]
+            journal: None,
         }
     }
 
@@ -257,11 +279,19 @@ impl HubhookService {
         let readable = matches!(*req.method(), Method::GET | Method::HEAD);
         match path {
             HEALTH_PATH if readable => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
-            METRICS_PATH if readable => text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.inner.metrics.render(self.inner.dispatcher.running()),
-            ),
+            METRICS_PATH if readable => {
+                #[allow(unused_mut)]
+                let mut body = self.inner.metrics.render(self.inner.dispatcher.running());
+                #[cfg(feature = "journal")]
+                if let Some(journal) = &self.inner.dispatcher.journal {
+                    body.push_str(&journal.render_metrics());
+                }
+                text(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body,
+                )
+            }
             HEALTH_PATH | METRICS_PATH => with_header(
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
                 ALLOW,
@@ -357,15 +387,8 @@ impl HubhookService {
             }
             let delivery = DeliveryId::generate();
             let (repo, tag) = (msg.repo().to_owned(), msg.tag().to_owned());
-            match self.inner.dispatcher.dispatch(msg, delivery) {
-                Ok(handlers) => {
-                    self.inner.metrics.record_accepted();
-                    tracing::info!(%delivery, source = hook.provider.name(), repo, tag, handlers, "accepted a delivery");
-                    if let Some(id) = &event {
-                        state.recent.remember(id);
-                    }
-                    accepted.push(delivery);
-                }
+            let reservation = match self.inner.dispatcher.reserve(&msg, None) {
+                Ok(reservation) => reservation,
                 Err(_) => {
                     let reason = if self.inner.dispatcher.is_closed() {
                         "shutting down"
@@ -375,7 +398,29 @@ impl HubhookService {
                     tracing::warn!(repo, tag, reason, "refused a delivery with 503");
                     return unavailable(reason);
                 }
+            };
+            // Durable before the answer: the only wait on the request path, shared with
+            // every request in flight (group commit).
+            #[cfg(feature = "journal")]
+            if let Some(journal) = &self.inner.dispatcher.journal {
+                let record = crate::journal::Accepted {
+                    id: delivery,
+                    source: msg.source.clone(),
+                    message: serde_json::to_string(&msg).unwrap_or_default(),
+                    pending: self.inner.dispatcher.names(&reservation),
+                };
+                if let Err(e) = journal.append(record).await {
+                    tracing::error!(error = %e, repo, tag, "refused a delivery with 503: the journal failed");
+                    return unavailable("the journal is unavailable");
+                }
             }
+            let handlers = self.inner.dispatcher.start(reservation, msg, delivery);
+            self.inner.metrics.record_accepted();
+            tracing::info!(%delivery, source = hook.provider.name(), repo, tag, handlers, "accepted a delivery");
+            if let Some(id) = &event {
+                state.recent.remember(id);
+            }
+            accepted.push(delivery);
         }
         let body = match accepted.as_slice() {
             [] => {
@@ -395,6 +440,50 @@ impl HubhookService {
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("body is larger than {} bytes", self.inner.max_body),
         )
+    }
+
+    /// Runs again what a previous process accepted and did not finish (at least once):
+    /// each unfinished delivery, oldest first, to the handlers still owed a run. Returns
+    /// how many deliveries were resumed. Call it once at start, before serving.
+    #[cfg(feature = "journal")]
+    pub async fn recover(&self) -> Result<usize, crate::journal::JournalError> {
+        let Some(journal) = &self.inner.dispatcher.journal else {
+            return Ok(0);
+        };
+        let mut resumed = 0;
+        for delivery in journal.unfinished().await? {
+            let msg = match crate::HubMessage::from_serialized(delivery.message.as_bytes()) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    tracing::error!(delivery = %delivery.id, error = %e, "cannot resume a journaled delivery");
+                    continue;
+                }
+            };
+            let reservation = loop {
+                match self.inner.dispatcher.reserve(&msg, Some(&delivery.pending)) {
+                    Ok(reservation) => break reservation,
+                    // Wait for room rather than drop anything.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            let owed = self.inner.dispatcher.names(&reservation);
+            for gone in delivery.pending.iter().filter(|h| !owed.contains(h)) {
+                // A handler removed from the configuration since: nothing can run it.
+                journal.record_run(
+                    delivery.id,
+                    gone,
+                    1,
+                    std::time::SystemTime::now(),
+                    &Err(crate::HandlerError::Rejected(
+                        "the handler is no longer configured".into(),
+                    )),
+                );
+            }
+            tracing::info!(delivery = %delivery.id, handlers = owed.len(), "resuming an unfinished delivery");
+            self.inner.dispatcher.start(reservation, msg, delivery.id);
+            resumed += 1;
+        }
+        Ok(resumed)
     }
 
     /// Stops accepting webhooks (they get 503 with `Retry-After`), lets running handlers

@@ -15,7 +15,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::os::unix::fs::DirBuilderExt;
+
+use hubhook_core::journal::Journal;
 use hubhook_core::{Hook, HubhookService, Listener, Route, TlsConfig};
+
+/// The journal's file in the data dir.
+const JOURNAL_FILE: &str = "journal.sqlite";
 use hubhook_handlers::{LogHandler, ShellHandler};
 
 use crate::config::{Config, HandlerKind, HandlerSpec};
@@ -224,7 +230,25 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     for spec in &config.handlers {
         builder = builder.route(route(spec).map_err(|e| format!("handler {:?}: {e}", spec.name))?);
     }
+    // Every accepted delivery is journaled before it is answered; what a previous process
+    // left unfinished runs again now (at least once).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(|e| {
+            format!(
+                "cannot create the data dir {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
+    let journal = Journal::open(config.data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+    builder = builder.journal(journal);
     let service = builder.build().map_err(|e| e.to_string())?;
+    let resumed = service.recover().await.map_err(|e| e.to_string())?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed deliveries a previous run left unfinished");
+    }
     let handlers = service.handler_names();
     let hooks = service.hooks();
 
