@@ -5,6 +5,7 @@
 
 mod check;
 mod e2e;
+mod journal;
 mod plugins;
 mod serve;
 mod support;
