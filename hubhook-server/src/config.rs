@@ -63,6 +63,8 @@ pub(crate) struct Config {
     pub(crate) header_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) shutdown_grace: Duration,
+    /// Journal accepted deliveries in the data dir (and resume them after a restart).
+    pub(crate) journal: bool,
     pub(crate) api_keys: Vec<String>,
     pub(crate) allow_unauthenticated: bool,
     pub(crate) tls: Option<TlsFiles>,
@@ -140,6 +142,7 @@ impl Config {
             header_timeout: Duration::from_secs(10),
             max_connections: 512,
             shutdown_grace: Duration::from_secs(30),
+            journal: false,
             api_keys: Vec::new(),
             allow_unauthenticated: false,
             tls: None,
@@ -179,6 +182,8 @@ struct RawConfig {
     header_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
+    #[serde(default)]
+    journal: bool,
     #[serde(default)]
     auth: RawAuth,
     tls: Option<RawTls>,
@@ -320,6 +325,7 @@ impl Parser<'_> {
         if let Some(dir) = &raw.data_dir {
             config.data_dir = base.join(dir.get_ref());
         }
+        config.journal = raw.journal;
         if let Some(size) = &raw.max_body {
             config.max_body = parse_size(size.get_ref())
                 .map_err(|m| self.error_at(size.span(), "max_body", m))?;

@@ -232,18 +232,21 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     }
     // Every accepted delivery is journaled before it is answered; what a previous process
     // left unfinished runs again now (at least once).
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
-        .map_err(|e| {
-            format!(
-                "cannot create the data dir {}: {e}",
-                config.data_dir.display()
-            )
-        })?;
-    let journal = Journal::open(config.data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
-    builder = builder.journal(journal);
+    if config.journal {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|e| {
+                format!(
+                    "cannot create the data dir {}: {e}",
+                    config.data_dir.display()
+                )
+            })?;
+        let journal =
+            Journal::open(config.data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+        builder = builder.journal(journal);
+    }
     let service = builder.build().map_err(|e| e.to_string())?;
     let resumed = service.recover().await.map_err(|e| e.to_string())?;
     if resumed > 0 {

@@ -51,7 +51,7 @@ fn sigkill_loses_nothing_that_was_answered_202() {
     let config = config(
         &dir,
         &format!(
-            "[[handler]]\nname = \"mark\"\ntype = \"shell\"\ncommand = [\"sh\", \"-c\", \"sleep 0.2; touch {}/$HUBHOOK_DELIVERY\"]\n",
+            "journal = true\n[[handler]]\nname = \"mark\"\ntype = \"shell\"\ncommand = [\"sh\", \"-c\", \"sleep 0.2; touch {}/$HUBHOOK_DELIVERY\"]\n",
             marks.display()
         ),
     );
@@ -104,7 +104,7 @@ fn an_unusable_journal_stops_the_start_clearly() {
     let dir = TempDir::new("badjournal");
     // The data dir is a file: it cannot be created.
     dir.write("occupied", "a file\n");
-    dir.write("a.toml", &format!("listen = \"127.0.0.1:0\"\ndata_dir = \"occupied/data\"\n[auth]\napi_keys = [\"{KEY}\"]\n"));
+    dir.write("a.toml", &format!("listen = \"127.0.0.1:0\"\njournal = true\ndata_dir = \"occupied/data\"\n[auth]\napi_keys = [\"{KEY}\"]\n"));
     let out = hubhook(&["serve", "--config", "a.toml"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -119,7 +119,7 @@ fn an_unusable_journal_stops_the_start_clearly() {
     dir.write(
         "b.toml",
         &format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"corrupt\"\n[auth]\napi_keys = [\"{KEY}\"]\n"
+            "listen = \"127.0.0.1:0\"\njournal = true\ndata_dir = \"corrupt\"\n[auth]\napi_keys = [\"{KEY}\"]\n"
         ),
     );
     let out = hubhook(&["serve", "--config", "b.toml"], dir.path());
@@ -134,7 +134,7 @@ fn an_unusable_journal_stops_the_start_clearly() {
     dir.write(
         "c.toml",
         &format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"shared\"\n[auth]\napi_keys = [\"{KEY}\"]\n"
+            "listen = \"127.0.0.1:0\"\njournal = true\ndata_dir = \"shared\"\n[auth]\napi_keys = [\"{KEY}\"]\n"
         ),
     );
     let mut first = Server::start(&["--config", "c.toml"], dir.path(), &[]);
