@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "redeploy-bench-key-0123456789abcdef";
-use hubhook_testkit::{container_name, docker, free_port, Containers, Registry, TempDir};
+use hubhook_testkit::{
+    container_name, docker, free_port, quick_page, Containers, Registry, TempDir,
+};
 
 fn main() {
     let mut hubhook = PathBuf::from("target/release/hubhook");
@@ -215,7 +217,7 @@ fn wait_for_page(port: u16, tag: &str, started: Instant) -> (u128, u128) {
     let mut first_failure = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        match page(port) {
+        match quick_page(port) {
             Some(body) if body == want => {
                 let total = started.elapsed().as_millis();
                 let down = first_failure.map_or(0, |at: Instant| at.elapsed().as_millis());
@@ -229,21 +231,6 @@ fn wait_for_page(port: u16, tag: &str, started: Instant) -> (u128, u128) {
         assert!(Instant::now() < deadline, "the page never showed {want}");
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn page(port: u16) -> Option<String> {
-    // Short timeouts: while a container stops, docker's port proxy may accept a connection
-    // and never answer it; a long wait here would inflate every figure.
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_millis(100)))
-        .ok()?;
-    tcp.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).ok()?;
-    text.starts_with("HTTP/1.").then_some(())?;
-    text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
 }
 
 fn post(port: u16, target: &str, body: &str) -> u16 {

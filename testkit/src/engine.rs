@@ -260,6 +260,23 @@ pub fn page(port: u16) -> Option<String> {
     None
 }
 
+/// One quick GET of the page on 127.0.0.1:`port`, for timing: while a container stops,
+/// docker's port proxy may accept a connection and never answer it, so the waits are short
+/// (100 ms) and the caller polls again.
+pub fn quick_page(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_millis(100)))
+        .ok()?;
+    tcp.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.").then_some(())?;
+    text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
+}
+
 /// The id of the container `name`, if it exists.
 pub fn container_id(name: &str) -> Option<String> {
     let (ok, out) = docker(&["container", "inspect", "--format", "{{.Id}}", name]);

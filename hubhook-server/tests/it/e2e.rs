@@ -3,24 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use hubhook_testkit::{available, container_name, docker, free_port, Containers, Registry};
+use hubhook_testkit::{
+    available, container_name, docker, free_port, quick_page, Containers, Registry,
+};
 
 use crate::support::*;
-
-/// One quick GET: while a container stops, docker's port proxy may accept a connection and
-/// never answer it, so waits are short and the next poll follows.
-fn quick_page(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_millis(100)))
-        .ok()?;
-    tcp.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).ok()?;
-    text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
-}
 
 fn wait_for_page(port: u16, want: &str, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
