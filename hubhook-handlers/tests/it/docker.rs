@@ -30,20 +30,55 @@ fn site(registry: &Registry, container: &str, port: u16) -> DockerHandler {
         .health_timeout(Duration::from_secs(5))
 }
 
+/// One test's site: a registry holding some test tags, a container name removed when the
+/// test ends, and a free port for its page.
+struct Site {
+    // Declared first, dropped first: the containers go before the registry's images.
+    _cleanup: Containers,
+    registry: Registry,
+    name: String,
+    port: u16,
+}
+
+impl Site {
+    fn new(test: &str, tags: &[&str]) -> Self {
+        let registry = Registry::start();
+        for tag in tags {
+            registry.push(tag);
+        }
+        let name = container_name(test);
+        Self {
+            _cleanup: Containers(vec![name.clone()]),
+            registry,
+            name,
+            port: free_port(),
+        }
+    }
+
+    /// The site's docker handler, with an HTTP health gate on its page.
+    fn handler(&self) -> DockerHandler {
+        site(&self.registry, &self.name, self.port)
+    }
+
+    /// Deploys v1 with `handler`; the new container's id.
+    async fn v1_running(&self, handler: &DockerHandler) -> Option<String> {
+        deploy(handler, &push_of(&self.registry, "v1"))
+            .await
+            .expect("v1 deploys");
+        container_id(&self.name)
+    }
+}
+
 #[tokio::test]
 async fn redeploys_v1_then_v2_and_ignores_other_tags() {
     if !available("redeploys_v1_then_v2") {
         return;
     }
-    let registry = Registry::start();
-    registry.push("v1");
-    registry.push("v2");
-    let name = container_name("swap");
-    let _cleanup = Containers(vec![name.clone()]);
-    let port = free_port();
-    let handler = site(&registry, &name, port).cleanup(true);
+    let s = Site::new("swap", &["v1", "v2"]);
+    let (registry, name, port) = (&s.registry, &s.name, s.port);
+    let handler = s.handler().cleanup(true);
 
-    let first = deploy(&handler, &push_of(&registry, "v1"))
+    let first = deploy(&handler, &push_of(registry, "v1"))
         .await
         .expect("first deploy");
     assert!(
@@ -55,7 +90,7 @@ async fn redeploys_v1_then_v2_and_ignores_other_tags() {
     );
     assert_eq!(page(port).as_deref(), Some("site v1"));
 
-    let second = deploy(&handler, &push_of(&registry, "v2"))
+    let second = deploy(&handler, &push_of(registry, "v2"))
         .await
         .expect("redeploy");
     assert!(second.contains(":v2 to container"), "{second}");
@@ -71,8 +106,8 @@ async fn redeploys_v1_then_v2_and_ignores_other_tags() {
     );
 
     // A tag outside the pattern changes nothing.
-    let id = container_id(&name);
-    let err = deploy(&handler, &push_of(&registry, "latest"))
+    let id = container_id(name);
+    let err = deploy(&handler, &push_of(registry, "latest"))
         .await
         .expect_err("not deployed");
     assert!(matches!(err, HandlerError::Rejected(_)), "{err}");
@@ -81,7 +116,7 @@ async fn redeploys_v1_then_v2_and_ignores_other_tags() {
             .contains("does not match the configured pattern v*"),
         "{err}"
     );
-    assert_eq!(container_id(&name), id, "same container");
+    assert_eq!(container_id(name), id, "same container");
     assert_eq!(page(port).as_deref(), Some("site v2"));
 }
 
@@ -90,21 +125,13 @@ async fn a_broken_image_is_rolled_back() {
     if !available("a_broken_image_is_rolled_back") {
         return;
     }
-    let registry = Registry::start();
-    for tag in ["v1", "v3", "v4"] {
-        registry.push(tag);
-    }
-    let name = container_name("rollback");
-    let _cleanup = Containers(vec![name.clone()]);
-    let port = free_port();
-    let handler = site(&registry, &name, port);
-    deploy(&handler, &push_of(&registry, "v1"))
-        .await
-        .expect("v1 deploys");
-    let v1 = container_id(&name);
+    let s = Site::new("rollback", &["v1", "v3", "v4"]);
+    let (registry, name, port) = (&s.registry, &s.name, s.port);
+    let handler = s.handler();
+    let v1 = s.v1_running(&handler).await;
 
     // v3 exits at once.
-    let err = deploy(&handler, &push_of(&registry, "v3"))
+    let err = deploy(&handler, &push_of(registry, "v3"))
         .await
         .expect_err("v3 fails")
         .to_string();
@@ -121,14 +148,10 @@ async fn a_broken_image_is_rolled_back() {
         Some("site v1"),
         "the previous version still serves"
     );
-    assert_eq!(
-        container_id(&name),
-        v1,
-        "it is the same container as before"
-    );
+    assert_eq!(container_id(name), v1, "it is the same container as before");
 
     // v4 runs but never answers HTTP: the health gate times out.
-    let err = deploy(&handler, &push_of(&registry, "v4"))
+    let err = deploy(&handler, &push_of(registry, "v4"))
         .await
         .expect_err("v4 fails")
         .to_string();
@@ -149,18 +172,12 @@ async fn a_failed_pull_touches_nothing() {
     if !available("a_failed_pull_touches_nothing") {
         return;
     }
-    let registry = Registry::start();
-    registry.push("v1");
-    let name = container_name("pull");
-    let _cleanup = Containers(vec![name.clone()]);
-    let port = free_port();
-    let handler = site(&registry, &name, port);
-    deploy(&handler, &push_of(&registry, "v1"))
-        .await
-        .expect("v1 deploys");
-    let id = container_id(&name);
+    let s = Site::new("pull", &["v1"]);
+    let (registry, name, port) = (&s.registry, &s.name, s.port);
+    let handler = s.handler();
+    let id = s.v1_running(&handler).await;
 
-    let err = deploy(&handler, &push_of(&registry, "v9"))
+    let err = deploy(&handler, &push_of(registry, "v9"))
         .await
         .expect_err("v9 is not in the registry")
         .to_string();
@@ -171,11 +188,7 @@ async fn a_failed_pull_touches_nothing() {
         )),
         "{err}"
     );
-    assert_eq!(
-        container_id(&name),
-        id,
-        "the running container is untouched"
-    );
+    assert_eq!(container_id(name), id, "the running container is untouched");
     assert_eq!(page(port).as_deref(), Some("site v1"));
 }
 
@@ -184,25 +197,19 @@ async fn a_taken_port_is_reported_and_rolled_back() {
     if !available("a_taken_port_is_reported_and_rolled_back") {
         return;
     }
-    let registry = Registry::start();
-    registry.push("v1");
-    registry.push("v2");
-    let name = container_name("port");
-    let _cleanup = Containers(vec![name.clone()]);
-    let port = free_port();
-    deploy(&site(&registry, &name, port), &push_of(&registry, "v1"))
-        .await
-        .expect("v1 deploys");
+    let s = Site::new("port", &["v1", "v2"]);
+    let (registry, name, port) = (&s.registry, &s.name, s.port);
+    s.v1_running(&s.handler()).await;
     // A second configuration whose extra port is held by someone else.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy = taken.local_addr().expect("addr").port();
-    let handler = site(&registry, &name, port).run_args([
+    let handler = site(registry, name, port).run_args([
         "-p".to_owned(),
         format!("127.0.0.1:{port}:80"),
         "-p".to_owned(),
         format!("127.0.0.1:{busy}:8080"),
     ]);
-    let err = deploy(&handler, &push_of(&registry, "v2"))
+    let err = deploy(&handler, &push_of(registry, "v2"))
         .await
         .expect_err("port taken")
         .to_string();
@@ -405,9 +412,9 @@ async fn a_digest_must_be_what_the_tag_points_to() {
     if !available("a_digest_must_be_what_the_tag_points_to") {
         return;
     }
-    let registry = Registry::start();
+    let s = Site::new("digest", &["v2"]);
+    let (registry, name, port) = (&s.registry, &s.name, s.port);
     registry.push_keeping("v1");
-    registry.push("v2");
     let (_, v1_digest) = docker(&[
         "image",
         "inspect",
@@ -417,13 +424,10 @@ async fn a_digest_must_be_what_the_tag_points_to() {
     ]);
     let v1_digest = v1_digest.trim().rsplit('@').next().unwrap_or("").to_owned();
     assert!(v1_digest.starts_with("sha256:"), "{v1_digest}");
-    let name = container_name("digest");
-    let _cleanup = Containers(vec![name.clone()]);
-    let port = free_port();
-    let handler = site(&registry, &name, port);
+    let handler = s.handler();
 
     // An allowed tag with the digest of another build: refused, nothing runs.
-    let mut lying = push_of(&registry, "v2");
+    let mut lying = push_of(registry, "v2");
     lying.digest = Some(v1_digest.clone());
     let err = deploy(&handler, &lying).await.expect_err("refused");
     assert!(matches!(err, HandlerError::Rejected(_)), "{err}");
@@ -432,10 +436,10 @@ async fn a_digest_must_be_what_the_tag_points_to() {
             .contains("does not point to the pushed digest"),
         "{err}"
     );
-    assert!(container_id(&name).is_none(), "nothing was started");
+    assert!(container_id(name).is_none(), "nothing was started");
 
     // The tag's own digest deploys, by digest.
-    let mut honest = push_of(&registry, "v1");
+    let mut honest = push_of(registry, "v1");
     honest.digest = Some(v1_digest.clone());
     let done = deploy(&handler, &honest).await.expect("deploys");
     assert!(done.contains(&format!("@{v1_digest}")), "{done}");
@@ -447,18 +451,12 @@ async fn a_timeout_in_the_middle_of_a_swap_does_not_leave_the_site_down() {
     if !available("a_timeout_in_the_middle_of_a_swap") {
         return;
     }
-    let registry = Registry::start();
-    registry.push("v1");
-    registry.push("v2");
-    let name = container_name("midswap");
-    let _cleanup = Containers(vec![name.clone()]);
-    let port = free_port();
+    let s = Site::new("midswap", &["v1", "v2"]);
+    let (registry, name, port) = (&s.registry, &s.name, s.port);
     // busybox httpd as PID 1 ignores SIGTERM, so `docker stop` takes its whole 8 s; the
     // run's timeout (1 s) and the cleanup window after it (5 s) end while it is stopping.
-    let handler = site(&registry, &name, port).stop_timeout(Duration::from_secs(8));
-    deploy(&handler, &push_of(&registry, "v1"))
-        .await
-        .expect("v1 deploys");
+    let handler = s.handler().stop_timeout(Duration::from_secs(8));
+    s.v1_running(&handler).await;
     let service = HubhookService::builder()
         .allow_unauthenticated(true)
         .route(Route::new(handler).timeout(Duration::from_secs(1)))
@@ -496,6 +494,6 @@ async fn a_timeout_in_the_middle_of_a_swap_does_not_leave_the_site_down() {
         matches!(serving.as_deref(), Some("site v1" | "site v2")),
         "a version serves after the timeout: {serving:?}"
     );
-    assert!(container_id(&name).is_some());
+    assert!(container_id(name).is_some());
     assert!(container_id(&format!("{name}-hubhook-old")).is_none());
 }
