@@ -212,76 +212,37 @@ fn bad_plugins_are_refused_naming_the_library_and_the_reason() {
     let text_file = dir.path().join("not-a-library.so");
     std::fs::write(&text_file, "just text\n").expect("write");
     let missing = dir.path().join("missing.so");
-    let cases: Vec<(PathBuf, &str, String)> = vec![
+    // (library, its [handler.config], the reason after "plugin <library>: ")
+    let cases: [(&PathBuf, &str, &str); 9] = [
+        (&missing, "", "cannot load the library: "),
+        (&text_file, "", "cannot load the library: "),
+        (&built.no_symbol, "", "no `hubhook_plugin_v1` symbol"),
+        (&built.null_table, "", "hubhook_plugin_v1 returned no table"),
         (
-            missing.clone(),
+            &built.wrong_version,
             "",
-            format!("plugin {}: cannot load the library: ", missing.display()),
+            "ABI version 99, this hubhook speaks version 1",
         ),
         (
-            text_file.clone(),
+            &built.small_table,
             "",
-            format!("plugin {}: cannot load the library: ", text_file.display()),
+            "its table is 48 bytes, version 1 needs 72",
         ),
         (
-            built.no_symbol.clone(),
-            "",
-            format!(
-                "plugin {}: no `hubhook_plugin_v1` symbol",
-                built.no_symbol.display()
-            ),
-        ),
-        (
-            built.null_table.clone(),
-            "",
-            format!(
-                "plugin {}: hubhook_plugin_v1 returned no table",
-                built.null_table.display()
-            ),
-        ),
-        (
-            built.wrong_version.clone(),
-            "",
-            format!(
-                "plugin {}: ABI version 99, this hubhook speaks version 1",
-                built.wrong_version.display()
-            ),
-        ),
-        (
-            built.small_table.clone(),
-            "",
-            format!(
-                "plugin {}: its table is 48 bytes, version 1 needs 72",
-                built.small_table.display()
-            ),
-        ),
-        (
-            built.misbehave.clone(),
+            &built.misbehave,
             "mode = \"refuse\"",
-            format!(
-                "plugin {}: init failed: refusing to start: mode is \"refuse\"",
-                built.misbehave.display()
-            ),
+            "init failed: refusing to start: mode is \"refuse\"",
         ),
         (
-            built.misbehave.clone(),
+            &built.misbehave,
             "mode = \"init-panic\"",
-            format!(
-                "plugin {}: init failed: init panicked: init fell over",
-                built.misbehave.display()
-            ),
+            "init failed: init panicked: init fell over",
         ),
-        (
-            built.pushlog.clone(),
-            "",
-            format!(
-                "plugin {}: init failed: config needs \"file\"",
-                built.pushlog.display()
-            ),
-        ),
+        (&built.pushlog, "", "init failed: config needs \"file\""),
     ];
-    for (path, plugin_config, want) in cases {
-        config(&dir, &plugin_table("p", &path, plugin_config));
+    for (path, plugin_config, reason) in cases {
+        let want = format!("plugin {}: {reason}", path.display());
+        config(&dir, &plugin_table("p", path, plugin_config));
         let out = hubhook(&["check", "--config", "hubhook.toml"], dir.path());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
