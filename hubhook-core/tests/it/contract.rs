@@ -247,23 +247,9 @@ async fn healthz_and_metrics_need_no_key() {
             .post("/hubhook", &[], EXAMPLE_PAYLOAD.as_bytes())
             .await;
         next(&mut rx).await;
-        // The handler's outcome is recorded just after it reports; give it a moment.
-        let mut text = String::new();
-        for _ in 0..50 {
-            let r = server
-                .send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await;
-            assert_eq!(r.status, 200);
-            assert!(r
-                .header("content-type")
-                .unwrap_or("")
-                .starts_with("text/plain; version=0.0.4"));
-            text = r.body;
-            if text.contains("hubhook_handler_runs_total{handler=\"recorder\",outcome=\"ok\"} 1") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let text = server
+            .metrics_with("hubhook_handler_runs_total{handler=\"recorder\",outcome=\"ok\"} 1")
+            .await;
         assert!(
             text.contains("hubhook_requests_total{status=\"202\"} 1\n"),
             "{text}"

@@ -137,6 +137,26 @@ impl TestServer {
         self.send(&post_bytes(target, headers, body)).await
     }
 
+    /// `GET /metrics` until its text contains `line` (a run's outcome is counted just after
+    /// the handler reports), up to a second; returns the last text, checked by the caller.
+    pub async fn metrics_with(&self, line: &str) -> String {
+        let mut text = String::new();
+        for _ in 0..50 {
+            let r = self.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert_eq!(r.status, 200);
+            assert!(r
+                .header("content-type")
+                .unwrap_or("")
+                .starts_with("text/plain; version=0.0.4"));
+            text = r.body;
+            if text.contains(line) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        text
+    }
+
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.handle.clone()
     }
