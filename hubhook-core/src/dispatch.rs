@@ -1,14 +1,18 @@
 //! Dispatch: which handlers a message goes to, and running them off the request path.
 //!
-//! Every matching handler runs in its own task. A handler's panic is caught here and
-//! reported with the handler's name and the delivery id; the task ends, nothing else does.
-//! The number of runs waiting or running is bounded: past the bound the request is refused
-//! with 503 rather than piling up work.
+//! Each handler has a queue. A delivery waits there under a coalescing key (by default
+//! repository and tag): one run per key at a time, and a newer delivery replaces one still
+//! waiting (latest wins; the replaced one is recorded as superseded). At most
+//! `max_concurrency` runs per handler go at once, each in its own task, with a timeout and
+//! retries after a jittered exponential backoff. A handler's panic is caught and reported
+//! with the handler's name and the delivery id. Every queue is bounded: past the bound the
+//! request is refused with 503 rather than piling up work.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -86,17 +90,58 @@ fn glob<T: PartialEq + Copy>(p: &[T], t: &[T], star: T, one: T) -> bool {
     p[pi..].iter().all(|&c| c == star)
 }
 
-/// A handler with the messages it wants: repository and tag globs, and a run timeout.
+/// Which deliveries share a place in a handler's queue.
+///
+/// Deliveries with the same key never run at the same time for one handler; while one
+/// runs, a newer one waits, and a still newer one replaces it (latest wins): the replaced
+/// delivery is recorded as superseded instead of running. A burst of pushes of one tag
+/// therefore ends in at most one more run, with the newest message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Coalesce {
+    /// Repository and tag: pushes of `acme/site:latest` coalesce, `acme/site:v2` is
+    /// separate. The default.
+    #[default]
+    RepoTag,
+    /// Repository: any tag of `acme/site` replaces a waiting one.
+    Repo,
+    /// Everything the handler gets shares one key: one run at a time, latest wins.
+    Handler,
+    /// No coalescing: every delivery runs, in order of arrival per handler, up to
+    /// [`max_concurrency`](Route::max_concurrency) at once.
+    Off,
+}
+
+impl Coalesce {
+    fn key(self, delivery: &Delivery) -> String {
+        let msg = &delivery.msg;
+        match self {
+            Self::RepoTag => format!("{}:{}", msg.repo(), msg.tag()),
+            Self::Repo => msg.repo().to_owned(),
+            Self::Handler => String::new(),
+            Self::Off => delivery.id.as_str().to_owned(),
+        }
+    }
+}
+
+/// A handler with the messages it wants (repository and tag globs) and how its runs are
+/// queued: coalescing, concurrency, timeout and retries.
 ///
 /// ```
-/// use hubhook_core::{Pattern, Route};
+/// use std::time::Duration;
+/// use hubhook_core::{Coalesce, Pattern, Route};
 /// # use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
 /// # struct Deploy;
 /// # #[async_trait] impl Handler for Deploy {
 /// #     fn name(&self) -> &str { "deploy" }
 /// #     async fn handle(&self, _: &HubMessage, _: &Context) -> Result<Outcome, HandlerError> { Ok(Outcome::default()) }
 /// # }
-/// let route = Route::new(Deploy).repo("acme/site").tag("v*");
+/// let route = Route::new(Deploy)
+///     .repo("acme/site")
+///     .tag("v*")
+///     .timeout(Duration::from_secs(120))
+///     .retries(2)
+///     .coalesce(Coalesce::Repo);
 /// ```
 #[derive(Clone)]
 pub struct Route {
@@ -104,6 +149,11 @@ pub struct Route {
     repo: Pattern,
     tag: Pattern,
     timeout: Option<Duration>,
+    coalesce: Coalesce,
+    max_concurrency: usize,
+    max_queued: Option<usize>,
+    retries: u32,
+    backoff: Duration,
 }
 
 impl std::fmt::Debug for Route {
@@ -113,9 +163,21 @@ impl std::fmt::Debug for Route {
             .field("repo", &self.repo)
             .field("tag", &self.tag)
             .field("timeout", &self.timeout)
+            .field("coalesce", &self.coalesce)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("max_queued", &self.max_queued)
+            .field("retries", &self.retries)
+            .field("backoff", &self.backoff)
             .finish()
     }
 }
+
+/// Runs of one handler at once, by default.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 4;
+/// The wait before the first retry, by default; it doubles for each one after.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts, whatever the backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
 impl Route {
     /// A route that sends every message to `handler`.
@@ -130,6 +192,11 @@ impl Route {
             repo: Pattern::any(),
             tag: Pattern::any(),
             timeout: None,
+            coalesce: Coalesce::default(),
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            max_queued: None,
+            retries: 0,
+            backoff: DEFAULT_BACKOFF,
         }
     }
 
@@ -147,10 +214,51 @@ impl Route {
         self
     }
 
-    /// Cancels a run that takes longer than `timeout` and reports it as timed out.
+    /// Cancels an attempt that takes longer than `timeout` and reports it as timed out.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Which deliveries coalesce; default [`Coalesce::RepoTag`].
+    #[must_use]
+    pub fn coalesce(mut self, coalesce: Coalesce) -> Self {
+        self.coalesce = coalesce;
+        self
+    }
+
+    /// How many runs of this handler may go at once (each for a different key); default
+    /// [`DEFAULT_MAX_CONCURRENCY`]. Zero counts as one.
+    #[must_use]
+    pub fn max_concurrency(mut self, runs: usize) -> Self {
+        self.max_concurrency = runs.max(1);
+        self
+    }
+
+    /// How many deliveries may wait or run for this handler; default the service's
+    /// [`max_pending`](crate::HubhookServiceBuilder::max_pending). A webhook that would
+    /// need more gets 503 with `Retry-After`. Zero counts as one.
+    #[must_use]
+    pub fn max_queued(mut self, deliveries: usize) -> Self {
+        self.max_queued = Some(deliveries.max(1));
+        self
+    }
+
+    /// How many times a failed or timed-out attempt is tried again; default 0. Rejections,
+    /// panics and cancellations are never retried.
+    #[must_use]
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The wait before the first retry (default 1 s); each later wait doubles, up to ten
+    /// minutes, and every wait is drawn at random between half and all of it (jitter), so
+    /// handlers that failed together do not retry together.
+    #[must_use]
+    pub fn backoff(mut self, first: Duration) -> Self {
+        self.backoff = first;
         self
     }
 
@@ -163,184 +271,576 @@ impl Route {
     pub fn matches(&self, msg: &HubMessage) -> bool {
         self.repo.matches(msg.repo()) && self.tag.matches(msg.tag())
     }
+
+    /// The wait after failed attempt number `attempt` (1-based), with jitter from `random`.
+    fn delay(&self, attempt: u32, random: u64) -> Duration {
+        let full = self
+            .backoff
+            .saturating_mul(
+                1u32.checked_shl(attempt.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
+            .min(MAX_BACKOFF);
+        let half = full / 2;
+        let spread = (full - half).as_micros() as u64;
+        half + Duration::from_micros(if spread == 0 {
+            0
+        } else {
+            random % (spread + 1)
+        })
+    }
 }
 
-/// Runs matching handlers for accepted messages, in the background.
+/// What happened to one handler's share of a delivery, in the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    Ok,
+    Failed,
+    Superseded,
+}
+
+/// One accepted delivery on its way through the queues of the handlers it went to.
 #[derive(Debug)]
-pub(crate) struct Dispatcher {
-    routes: Vec<Route>,
+pub(crate) struct Delivery {
+    pub(crate) id: DeliveryId,
+    pub(crate) msg: Arc<HubMessage>,
+    /// Handlers that have not settled yet.
+    remaining: std::sync::atomic::AtomicUsize,
+    failed: std::sync::atomic::AtomicBool,
+    superseded: std::sync::atomic::AtomicBool,
+    /// One line per handler, for the callback's description.
+    notes: Mutex<Vec<String>>,
+}
+
+impl Delivery {
+    /// Records one handler's end; the last one finishes the delivery.
+    fn settle(&self, shared: &Shared, handler: &str, how: Settled, note: String) {
+        use std::sync::atomic::Ordering;
+        match how {
+            Settled::Failed => self.failed.store(true, Ordering::Relaxed),
+            Settled::Superseded => self.superseded.store(true, Ordering::Relaxed),
+            Settled::Ok => {}
+        }
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.push(format!("{handler}: {note}"));
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let status = if self.failed.load(Ordering::Relaxed) {
+            Settled::Failed
+        } else if self.superseded.load(Ordering::Relaxed) {
+            Settled::Superseded
+        } else {
+            Settled::Ok
+        };
+        let notes = self
+            .notes
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default();
+        shared.finished(self, status, notes);
+    }
+}
+
+/// What every queue shares: the task tracker, the stop signal, metrics, the journal.
+#[derive(Debug)]
+pub(crate) struct Shared {
     tracker: TaskTracker,
     cancel: CancellationToken,
-    capacity: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     #[cfg(feature = "journal")]
     pub(crate) journal: Option<Arc<crate::journal::Journal>>,
+    #[cfg(feature = "callback")]
+    pub(crate) callbacks: Option<Arc<crate::callback::Callbacks>>,
 }
 
-/// Slots taken for one delivery's runs, before it is journaled and started.
+impl Shared {
+    /// Every handler of `delivery` has settled.
+    #[allow(unused_variables)]
+    fn finished(&self, delivery: &Delivery, status: Settled, notes: Vec<String>) {
+        #[cfg(feature = "journal")]
+        if let Some(journal) = &self.journal {
+            journal.finish(delivery.id, status);
+        }
+        #[cfg(feature = "callback")]
+        if let Some(callbacks) = &self.callbacks {
+            crate::callback::after_delivery(
+                callbacks,
+                &self.tracker,
+                #[cfg(feature = "journal")]
+                self.journal.clone(),
+                delivery,
+                status,
+                notes,
+            );
+        }
+    }
+}
+
+/// One handler's queue: keys waiting, keys running, bounded in deliveries.
+#[derive(Debug)]
+struct Queue {
+    route: Route,
+    slots: Arc<Semaphore>,
+    state: Mutex<QueueState>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    keys: HashMap<String, Slot>,
+    /// Keys with a waiting delivery and nothing running, in arrival order.
+    ready: VecDeque<String>,
+    running: usize,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    running: bool,
+    /// The newest delivery seen for this key; an older one arriving late is superseded.
+    newest: DeliveryId,
+    pending: Option<Job>,
+}
+
+/// A delivery waiting for (or in) a run of one handler, holding its place in the bound.
+#[derive(Debug)]
+struct Job {
+    delivery: Arc<Delivery>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // The state is consistent between statements; a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts `job` in line; starts what can start.
+    fn enqueue(self: &Arc<Self>, shared: &Arc<Shared>, job: Job) {
+        let key = self.route.coalesce.key(&job.delivery);
+        let id = job.delivery.id;
+        let mut state = self.lock();
+        let superseded = match state.keys.get_mut(&key) {
+            Some(slot) if id < slot.newest => Some((job, slot.newest)),
+            Some(slot) => {
+                slot.newest = id;
+                slot.pending.replace(job).map(|old| (old, id))
+            }
+            None => {
+                state.keys.insert(
+                    key.clone(),
+                    Slot {
+                        running: false,
+                        newest: id,
+                        pending: Some(job),
+                    },
+                );
+                state.ready.push_back(key);
+                None
+            }
+        };
+        let starts = self.take_ready(&mut state);
+        drop(state);
+        if let Some((old, by)) = superseded {
+            self.supersede(shared, &old.delivery, 0, by);
+        }
+        for (key, job) in starts {
+            self.spawn(shared, key, job);
+        }
+    }
+
+    fn take_ready(&self, state: &mut QueueState) -> Vec<(String, Job)> {
+        let mut starts = Vec::new();
+        while !state.closed && state.running < self.route.max_concurrency {
+            let Some(key) = state.ready.pop_front() else {
+                break;
+            };
+            if let Some(slot) = state.keys.get_mut(&key) {
+                if let Some(job) = slot.pending.take() {
+                    slot.running = true;
+                    state.running += 1;
+                    starts.push((key, job));
+                }
+            }
+        }
+        starts
+    }
+
+    /// A run for `key` is over: the next one for the key (or another key) may start.
+    fn done(self: &Arc<Self>, shared: &Arc<Shared>, key: &str) {
+        let mut state = self.lock();
+        state.running -= 1;
+        if let Some(slot) = state.keys.get_mut(key) {
+            slot.running = false;
+            if slot.pending.is_some() {
+                state.ready.push_back(key.to_owned());
+            } else {
+                state.keys.remove(key);
+            }
+        }
+        let starts = self.take_ready(&mut state);
+        drop(state);
+        for (key, job) in starts {
+            self.spawn(shared, key, job);
+        }
+    }
+
+    /// Whether a newer delivery waits for `key`.
+    fn has_newer(&self, key: &str) -> Option<DeliveryId> {
+        let state = self.lock();
+        let slot = state.keys.get(key)?;
+        slot.pending.as_ref().map(|_| slot.newest)
+    }
+
+    /// (waiting, running) deliveries.
+    fn depth(&self) -> (usize, usize) {
+        let state = self.lock();
+        let waiting = state.keys.values().filter(|s| s.pending.is_some()).count();
+        (waiting, state.running)
+    }
+
+    /// Stops starting runs; returns how many deliveries were still waiting.
+    fn close(&self) -> usize {
+        let mut state = self.lock();
+        state.closed = true;
+        state.keys.values().filter(|s| s.pending.is_some()).count()
+    }
+
+    fn supersede(&self, shared: &Shared, delivery: &Delivery, attempt: u32, by: DeliveryId) {
+        let name = self.route.name();
+        let result = Err(HandlerError::Superseded(by));
+        shared.metrics.record_run(name, &result, Duration::ZERO);
+        #[cfg(feature = "journal")]
+        if let Some(journal) = &shared.journal {
+            journal.record_run(
+                delivery.id,
+                name,
+                attempt,
+                std::time::SystemTime::now(),
+                &result,
+                true,
+            );
+        }
+        tracing::info!(handler = name, delivery = %delivery.id, by = %by, "superseded by a newer delivery");
+        delivery.settle(
+            shared,
+            name,
+            Settled::Superseded,
+            format!("superseded by {by}"),
+        );
+    }
+
+    fn spawn(self: &Arc<Self>, shared: &Arc<Shared>, key: String, job: Job) {
+        let queue = self.clone();
+        let shared_task = shared.clone();
+        shared.tracker.spawn(async move {
+            queue.drive(&shared_task, &key, &job.delivery).await;
+            drop(job);
+            queue.done(&shared_task, &key);
+        });
+    }
+
+    /// Every attempt of one handler for one delivery, with retries and their backoff.
+    async fn drive(&self, shared: &Shared, key: &str, delivery: &Arc<Delivery>) {
+        let route = &self.route;
+        let name = route.name();
+        let (id, msg) = (delivery.id, &*delivery.msg);
+        let mut attempt = 1;
+        loop {
+            let cancel = shared.cancel.child_token();
+            let mut ctx = Context::new(id)
+                .with_attempt(attempt)
+                .with_cancellation(cancel.clone());
+            // A timeout too large to add to now is as good as none.
+            if let Some(deadline) = route
+                .timeout
+                .and_then(|limit| Instant::now().checked_add(limit))
+            {
+                ctx = ctx.with_deadline(deadline);
+            }
+            let started = Instant::now();
+            #[cfg(feature = "journal")]
+            let started_at = std::time::SystemTime::now();
+            let result = run(&*route.handler, msg, &ctx, route.timeout, &cancel).await;
+            let elapsed = started.elapsed();
+            shared.metrics.record_run(name, &result, elapsed);
+            let retry = attempt <= route.retries
+                && matches!(
+                    result,
+                    Err(HandlerError::Failed(_)
+                        | HandlerError::Timeout(_)
+                        | HandlerError::Other(_))
+                );
+            let cancelled = matches!(result, Err(HandlerError::Cancelled));
+            #[cfg(feature = "journal")]
+            if let Some(journal) = &shared.journal {
+                journal.record_run(id, name, attempt, started_at, &result, !retry && !cancelled);
+            }
+            let elapsed_ms = elapsed.as_millis() as u64;
+            let (repo, tag) = (msg.repo(), msg.tag());
+            match &result {
+                Ok(outcome) => tracing::info!(
+                    handler = name, delivery = %id, attempt, repo, tag, elapsed_ms,
+                    summary = %outcome.summary, "handler succeeded"
+                ),
+                Err(HandlerError::Panicked(reason)) => tracing::error!(
+                    handler = name, delivery = %id, attempt, repo, tag, panic = %reason,
+                    "handler panicked"
+                ),
+                Err(error) => tracing::warn!(
+                    handler = name, delivery = %id, attempt, repo, tag, elapsed_ms, %error,
+                    "handler failed"
+                ),
+            }
+            if cancelled {
+                // Stopped by shutdown: still owed, the journal runs it again on start.
+                return;
+            }
+            if !retry {
+                let (how, note) = match &result {
+                    Ok(outcome) => (Settled::Ok, outcome.summary.clone()),
+                    Err(e) => (Settled::Failed, e.to_string()),
+                };
+                delivery.settle(shared, name, how, note);
+                return;
+            }
+            let wait = route.delay(attempt, jitter());
+            tracing::info!(handler = name, delivery = %id, attempt, wait_ms = wait.as_millis() as u64, "retrying after a backoff");
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                // Shutdown during the backoff: the delivery stays owed.
+                () = shared.cancel.cancelled() => return,
+            }
+            if let Some(by) = self.has_newer(key) {
+                // A newer message for the same key is waiting: retrying the old one
+                // would deploy something stale.
+                self.supersede(shared, delivery, attempt, by);
+                return;
+            }
+            attempt += 1;
+        }
+    }
+}
+
+/// A random number for backoff jitter.
+fn jitter() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without an entropy source the wait is the upper bound: still a valid backoff.
+    let _ = getrandom::getrandom(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+/// Runs matching handlers for accepted messages, in the background, through one queue
+/// per handler.
+#[derive(Debug)]
+pub(crate) struct Dispatcher {
+    queues: Vec<Arc<Queue>>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Places taken in the queues for one delivery, before it is journaled and started.
 #[derive(Debug)]
 pub(crate) struct Reservation {
-    routes: Vec<usize>,
-    permits: Vec<OwnedSemaphorePermit>,
+    routes: Vec<(usize, OwnedSemaphorePermit)>,
 }
 
-/// No room for more runs right now.
+/// Why a delivery could not be queued.
 #[derive(Debug)]
-pub(crate) struct Busy;
+pub(crate) enum Busy {
+    /// Shutting down.
+    Closed,
+    /// This handler's queue is full.
+    Full(String),
+}
 
 impl Dispatcher {
     pub(crate) fn new(routes: Vec<Route>, max_pending: usize, metrics: Arc<Metrics>) -> Self {
         Self {
-            routes,
-            tracker: TaskTracker::new(),
-            cancel: CancellationToken::new(),
-            capacity: Arc::new(Semaphore::new(max_pending)),
-            metrics,
-            #[cfg(feature = "journal")]
-            journal: None,
+            queues: routes
+                .into_iter()
+                .map(|route| {
+                    let bound = route.max_queued.unwrap_or(max_pending).max(1);
+                    Arc::new(Queue {
+                        route,
+                        slots: Arc::new(Semaphore::new(bound)),
+                        state: Mutex::new(QueueState::default()),
+                    })
+                })
+                .collect(),
+            shared: Arc::new(Shared {
+                tracker: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+                metrics,
+                #[cfg(feature = "journal")]
+                journal: None,
+                #[cfg(feature = "callback")]
+                callbacks: None,
+            }),
         }
     }
 
-    pub(crate) fn routes(&self) -> &[Route] {
-        &self.routes
+    /// Mutable access to the shared parts, before the first delivery.
+    #[allow(dead_code)]
+    pub(crate) fn shared_mut(&mut self) -> Option<&mut Shared> {
+        Arc::get_mut(&mut self.shared)
     }
 
-    /// Takes a slot for each handler that wants `msg` (of those named in `only`, when
-    /// given): either every one or none, so a refused delivery leaves nothing behind.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.queues.iter().map(|q| &q.route)
+    }
+
+    fn matching<'a>(
+        &'a self,
+        msg: &'a HubMessage,
+        only: Option<&'a [String]>,
+    ) -> impl Iterator<Item = usize> + 'a {
+        (0..self.queues.len()).filter(move |&i| {
+            let route = &self.queues[i].route;
+            route.matches(msg) && only.is_none_or(|names| names.iter().any(|n| n == route.name()))
+        })
+    }
+
+    /// Takes a place in the queue of each handler that wants `msg` (of those named in
+    /// `only`, when given): in every one or in none, so a refused delivery leaves nothing
+    /// behind.
     pub(crate) fn reserve(
         &self,
         msg: &HubMessage,
         only: Option<&[String]>,
     ) -> Result<Reservation, Busy> {
-        let routes: Vec<usize> = (0..self.routes.len())
-            .filter(|&i| {
-                let route = &self.routes[i];
-                route.matches(msg)
-                    && only.is_none_or(|names| names.iter().any(|n| n == route.name()))
-            })
-            .collect();
-        if routes.is_empty() {
-            return Ok(Reservation {
-                routes,
-                permits: Vec::new(),
-            });
+        let mut routes = Vec::new();
+        for i in self.matching(msg, only) {
+            if self.shared.tracker.is_closed() {
+                return Err(Busy::Closed);
+            }
+            let queue = &self.queues[i];
+            // Dropping `routes` on the way out gives back what was taken.
+            let slot = queue
+                .slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Busy::Full(queue.route.name().to_owned()))?;
+            routes.push((i, slot));
         }
-        if self.tracker.is_closed() {
-            return Err(Busy);
+        Ok(Reservation { routes })
+    }
+
+    /// Like [`reserve`](Self::reserve), waiting for room instead of refusing (recovery and
+    /// replay: nothing there may be dropped). `None` when shutting down.
+    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
+    pub(crate) async fn reserve_waiting(
+        &self,
+        msg: &HubMessage,
+        only: Option<&[String]>,
+    ) -> Option<Reservation> {
+        let mut routes = Vec::new();
+        for i in self.matching(msg, only) {
+            let slot = tokio::select! {
+                slot = self.queues[i].slots.clone().acquire_owned() => slot.ok()?,
+                () = self.shared.cancel.cancelled() => return None,
+            };
+            routes.push((i, slot));
         }
-        let mut permits = Vec::with_capacity(routes.len());
-        for _ in &routes {
-            // Dropping `permits` on the way out gives back what was taken.
-            permits.push(
-                self.capacity
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| Busy)?,
-            );
-        }
-        Ok(Reservation { routes, permits })
+        Some(Reservation { routes })
     }
 
     /// The names of the handlers a reservation is for.
-    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
     pub(crate) fn names(&self, reservation: &Reservation) -> Vec<String> {
         reservation
             .routes
             .iter()
-            .map(|&i| self.routes[i].name().to_owned())
+            .map(|(i, _)| self.queues[*i].route.name().to_owned())
             .collect()
     }
 
-    /// Starts the reserved runs; returns how many started.
+    /// Queues the reserved runs; returns how many handlers the delivery went to.
     pub(crate) fn start(
         &self,
         reservation: Reservation,
         msg: HubMessage,
         delivery: DeliveryId,
     ) -> usize {
-        let msg = Arc::new(msg);
-        let started = reservation.routes.len();
-        for (i, permit) in reservation.routes.into_iter().zip(reservation.permits) {
-            self.spawn(&self.routes[i], msg.clone(), delivery, permit);
+        let count = reservation.routes.len();
+        if count == 0 {
+            return 0;
         }
-        started
-    }
-
-    fn spawn(
-        &self,
-        route: &Route,
-        msg: Arc<HubMessage>,
-        delivery: DeliveryId,
-        permit: OwnedSemaphorePermit,
-    ) {
-        let handler = route.handler.clone();
-        let timeout = route.timeout;
-        let cancel = self.cancel.child_token();
-        let metrics = self.metrics.clone();
-        #[cfg(feature = "journal")]
-        let journal = self.journal.clone();
-        self.tracker.spawn(async move {
-            let _permit = permit;
-            let mut ctx = Context::new(delivery).with_cancellation(cancel.clone());
-            // A timeout too large to add to now is as good as none.
-            if let Some(deadline) = timeout.and_then(|limit| Instant::now().checked_add(limit)) {
-                ctx = ctx.with_deadline(deadline);
-            }
-            let started = Instant::now();
-            #[cfg(feature = "journal")]
-            let started_at = std::time::SystemTime::now();
-            let result = run(&*handler, &msg, &ctx, timeout, &cancel).await;
-            let elapsed = started.elapsed();
-            let name = handler.name();
-            metrics.record_run(name, &result, elapsed);
-            #[cfg(feature = "journal")]
-            if let Some(journal) = &journal {
-                journal.record_run(delivery, name, ctx.attempt(), started_at, &result);
-            }
-            match &result {
-                Ok(outcome) => tracing::info!(
-                    handler = name, %delivery, repo = msg.repo(), tag = msg.tag(),
-                    elapsed_ms = elapsed.as_millis() as u64, summary = %outcome.summary,
-                    "handler succeeded"
-                ),
-                Err(HandlerError::Panicked(reason)) => tracing::error!(
-                    handler = name, %delivery, repo = msg.repo(), tag = msg.tag(),
-                    panic = %reason, "handler panicked"
-                ),
-                Err(error) => tracing::warn!(
-                    handler = name, %delivery, repo = msg.repo(), tag = msg.tag(),
-                    elapsed_ms = elapsed.as_millis() as u64, %error, "handler failed"
-                ),
-            }
+        let delivery = Arc::new(Delivery {
+            id: delivery,
+            msg: Arc::new(msg),
+            remaining: count.into(),
+            failed: false.into(),
+            superseded: false.into(),
+            notes: Mutex::new(Vec::new()),
         });
+        for (i, slot) in reservation.routes {
+            let job = Job {
+                delivery: delivery.clone(),
+                _slot: slot,
+            };
+            self.queues[i].enqueue(&self.shared, job);
+        }
+        count
     }
 
-    /// Stops taking new runs, lets running ones finish within `grace`, then cancels the
-    /// rest and waits for them to notice. Returns whether everything finished in time.
+    /// Stops taking and starting runs, lets running ones finish within `grace`, then
+    /// cancels the rest and waits for them to notice. Deliveries still waiting stay in the
+    /// journal (when there is one) for the next start. Returns whether everything running
+    /// finished in time.
     pub(crate) async fn shutdown(&self, grace: Duration) -> bool {
-        self.tracker.close();
-        let finished = tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok();
+        self.shared.tracker.close();
+        let waiting: usize = self.queues.iter().map(|q| q.close()).sum();
+        if waiting > 0 {
+            #[cfg(feature = "journal")]
+            let kept = self.shared.journal.is_some();
+            #[cfg(not(feature = "journal"))]
+            let kept = false;
+            if kept {
+                tracing::info!(
+                    waiting,
+                    "queued handler runs stay in the journal for the next start"
+                );
+            } else {
+                tracing::warn!(
+                    waiting,
+                    "queued handler runs dropped at shutdown (no journal)"
+                );
+            }
+        }
+        let tracker = &self.shared.tracker;
+        let finished = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
         if !finished {
             tracing::warn!(
-                running = self.tracker.len(),
+                running = tracker.len(),
                 "grace period over, cancelling running handlers"
             );
-            self.cancel.cancel();
+            self.shared.cancel.cancel();
             // Each run gives its handler CLEANUP to notice; wait a little longer than that.
-            let _ =
-                tokio::time::timeout(CLEANUP + Duration::from_secs(1), self.tracker.wait()).await;
+            let _ = tokio::time::timeout(CLEANUP + Duration::from_secs(1), tracker.wait()).await;
+        }
+        #[cfg(feature = "journal")]
+        if let Some(journal) = &self.shared.journal {
+            // What the runs recorded is on disk before the process goes.
+            if let Err(e) = journal.sync().await {
+                tracing::error!(error = %e, "the journal could not be synced at shutdown");
+            }
         }
         finished
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.tracker.is_closed()
+    pub(crate) fn running(&self) -> usize {
+        self.shared.tracker.len()
     }
 
-    pub(crate) fn running(&self) -> usize {
-        self.tracker.len()
+    /// Per handler: (name, waiting, running).
+    pub(crate) fn depths(&self) -> Vec<(&str, usize, usize)> {
+        self.queues
+            .iter()
+            .map(|q| {
+                let (waiting, running) = q.depth();
+                (q.route.name(), waiting, running)
+            })
+            .collect()
     }
 }
 

@@ -74,6 +74,10 @@ pub enum HandlerError {
     /// The run stopped because the server is shutting down.
     #[error("cancelled")]
     Cancelled,
+    /// A newer delivery for the same coalescing key replaced this one before it ran (or
+    /// between its attempts); the newer one runs instead.
+    #[error("superseded by delivery {0}")]
+    Superseded(DeliveryId),
     /// The handler panicked; the text is the panic message.
     #[error("panicked: {0}")]
     Panicked(String),

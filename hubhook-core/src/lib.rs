@@ -104,7 +104,7 @@ pub use async_trait::async_trait;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
-pub use dispatch::{Pattern, Route};
+pub use dispatch::{Coalesce, Pattern, Route, DEFAULT_BACKOFF, DEFAULT_MAX_CONCURRENCY};
 pub use error::Error;
 pub use handler::{Context, DeliveryId, Handler, HandlerError, InvalidDeliveryId, Outcome};
 pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
@@ -112,6 +112,8 @@ pub use message::{
     HubMessage, MessageError, PushData, Repository, EXAMPLE_PAYLOAD, SOURCE_DOCKERHUB,
 };
 pub use provider::{Generic, Provider};
+#[cfg(feature = "journal")]
+pub use service::ReplayError;
 pub use service::{Hook, HubhookService, HubhookServiceBuilder, DEFAULT_MAX_BODY, DEFAULT_PATH};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

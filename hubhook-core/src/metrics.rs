@@ -14,7 +14,15 @@ use crate::handler::{HandlerError, Outcome};
 const STATUSES: [u16; 11] = [200, 202, 400, 401, 404, 405, 413, 415, 500, 503, 408];
 /// Upper bounds, in seconds, of the handler duration histogram's buckets.
 const BUCKETS: [f64; 10] = [0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0];
-const OUTCOMES: [&str; 6] = ["ok", "failed", "rejected", "timeout", "cancelled", "panic"];
+const OUTCOMES: [&str; 7] = [
+    "ok",
+    "failed",
+    "rejected",
+    "timeout",
+    "cancelled",
+    "panic",
+    "superseded",
+];
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -69,6 +77,7 @@ impl Metrics {
             Err(HandlerError::Timeout(_)) => 3,
             Err(HandlerError::Cancelled) => 4,
             Err(HandlerError::Panicked(_)) => 5,
+            Err(HandlerError::Superseded(_)) => 6,
             Err(_) => 1,
         };
         h.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
@@ -85,7 +94,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every counter; `running` is the number of handler
     /// runs in progress.
-    pub(crate) fn render(&self, running: usize) -> String {
+    pub(crate) fn render(&self, running: usize, queues: &[(&str, usize, usize)]) -> String {
         let mut out = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         out.push_str("# HELP hubhook_requests_total HTTP requests answered, by status code.\n");
@@ -156,6 +165,26 @@ impl Metrics {
         );
         out.push_str("# TYPE hubhook_handler_runs_in_progress gauge\n");
         let _ = writeln!(out, "hubhook_handler_runs_in_progress {running}");
+        out.push_str(
+            "# HELP hubhook_queue_depth Deliveries waiting in a handler's queue (not running).\n",
+        );
+        out.push_str("# TYPE hubhook_queue_depth gauge\n");
+        for (name, waiting, _) in queues {
+            let _ = writeln!(
+                out,
+                "hubhook_queue_depth{{handler=\"{}\"}} {waiting}",
+                escape(name)
+            );
+        }
+        out.push_str("# HELP hubhook_queue_running Runs of a handler in progress.\n");
+        out.push_str("# TYPE hubhook_queue_running gauge\n");
+        for (name, _, running) in queues {
+            let _ = writeln!(
+                out,
+                "hubhook_queue_running{{handler=\"{}\"}} {running}",
+                escape(name)
+            );
+        }
         out
     }
 }
@@ -184,7 +213,7 @@ mod tests {
             &Err(HandlerError::Panicked("boom".into())),
             Duration::from_millis(1),
         );
-        let text = m.render(3);
+        let text = m.render(3, &[("log", 2, 1)]);
         assert!(text.contains("hubhook_requests_total{status=\"202\"} 2\n"));
         assert!(text.contains("hubhook_requests_total{status=\"other\"} 1\n"));
         assert!(text.contains("hubhook_handler_runs_total{handler=\"log\",outcome=\"ok\"} 1\n"));
@@ -196,5 +225,7 @@ mod tests {
         assert!(text.contains("hubhook_handler_duration_seconds_count{handler=\"log\"} 2\n"));
         assert!(text.contains("handler=\"we\\\"ird\""));
         assert!(text.contains("hubhook_handler_runs_in_progress 3\n"));
+        assert!(text.contains("hubhook_queue_depth{handler=\"log\"} 2\n"));
+        assert!(text.contains("hubhook_queue_running{handler=\"log\"} 1\n"));
     }
 }

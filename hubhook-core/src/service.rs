@@ -16,7 +16,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 
 use crate::auth::ApiKeys;
-use crate::dispatch::{Dispatcher, Route};
+use crate::dispatch::{Busy, Dispatcher, Route};
 use crate::handler::{DeliveryId, Handler};
 use crate::metrics::Metrics;
 use crate::provider::{Decoded, Provider, RecentEvents, Refusal};
@@ -77,6 +77,8 @@ pub struct HubhookServiceBuilder {
     routes: Vec<Route>,
     #[cfg(feature = "journal")]
     journal: Option<Arc<crate::journal::Journal>>,
+    #[cfg(feature = "callback")]
+    callbacks: Option<crate::callback::Callbacks>,
 }
 
 impl HubhookServiceBuilder {
@@ -125,8 +127,9 @@ impl HubhookServiceBuilder {
         self
     }
 
-    /// How many handler runs may be waiting or running at once; default 1024. A webhook
-    /// that would need more gets 503 with `Retry-After`.
+    /// How many deliveries may be waiting or running per handler, unless its
+    /// [`Route::max_queued`] says otherwise; default 1024. A webhook that would need more
+    /// gets 503 with `Retry-After`. Deliveries that coalesce share one place.
     pub fn max_pending(mut self, runs: usize) -> Self {
         self.max_pending = runs;
         self
@@ -138,6 +141,14 @@ impl HubhookServiceBuilder {
     #[cfg(feature = "journal")]
     pub fn journal(mut self, journal: crate::journal::Journal) -> Self {
         self.journal = Some(Arc::new(journal));
+        self
+    }
+
+    /// After every handler of a delivery has finished, POSTs the result to the message's
+    /// `callback_url` (Docker Hub's legacy callback) when `callbacks` allows its host.
+    #[cfg(feature = "callback")]
+    pub fn callbacks(mut self, callbacks: crate::callback::Callbacks) -> Self {
+        self.callbacks = Some(callbacks);
         self
     }
 
@@ -201,9 +212,16 @@ impl HubhookServiceBuilder {
                     #[allow(unused_mut)]
                     let mut dispatcher =
                         Dispatcher::new(self.routes, self.max_pending.max(1), metrics.clone());
-                    #[cfg(feature = "journal")]
-                    {
-                        dispatcher.journal = self.journal;
+                    #[allow(unused_variables)]
+                    if let Some(shared) = dispatcher.shared_mut() {
+                        #[cfg(feature = "journal")]
+                        {
+                            shared.journal = self.journal;
+                        }
+                        #[cfg(feature = "callback")]
+                        {
+                            shared.callbacks = self.callbacks.map(Arc::new);
+                        }
                     }
                     dispatcher
                 },
@@ -226,6 +244,8 @@ impl HubhookService {
             routes: Vec::new(),
             #[cfg(feature = "journal")]
             journal: None,
+            #[cfg(feature = "callback")]
+            callbacks: None,
         }
     }
 
@@ -251,7 +271,6 @@ impl HubhookService {
         self.inner
             .dispatcher
             .routes()
-            .iter()
             .map(|r| r.name().to_owned())
             .collect()
     }
@@ -280,11 +299,15 @@ impl HubhookService {
         match path {
             HEALTH_PATH if readable => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
             METRICS_PATH if readable => {
+                let dispatcher = &self.inner.dispatcher;
                 #[allow(unused_mut)]
-                let mut body = self.inner.metrics.render(self.inner.dispatcher.running());
+                let mut body = self
+                    .inner
+                    .metrics
+                    .render(dispatcher.running(), &dispatcher.depths());
                 #[cfg(feature = "journal")]
-                if let Some(journal) = &self.inner.dispatcher.journal {
-                    body.push_str(&journal.render_metrics());
+                if let Some(journal) = &dispatcher.shared.journal {
+                    journal.render_metrics(&mut body);
                 }
                 text(
                     StatusCode::OK,
@@ -385,38 +408,10 @@ impl HubhookService {
             if event.as_deref().is_some_and(|id| state.recent.seen(id)) {
                 continue;
             }
-            let delivery = DeliveryId::generate();
-            let (repo, tag) = (msg.repo().to_owned(), msg.tag().to_owned());
-            let reservation = match self.inner.dispatcher.reserve(&msg, None) {
-                Ok(reservation) => reservation,
-                Err(_) => {
-                    let reason = if self.inner.dispatcher.is_closed() {
-                        "shutting down"
-                    } else {
-                        "too many deliveries in progress"
-                    };
-                    tracing::warn!(repo, tag, reason, "refused a delivery with 503");
-                    return unavailable(reason);
-                }
+            let delivery = match self.accept(msg, None).await {
+                Ok(delivery) => delivery,
+                Err(reason) => return unavailable(reason),
             };
-            // Durable before the answer: the only wait on the request path, shared with
-            // every request in flight (group commit).
-            #[cfg(feature = "journal")]
-            if let Some(journal) = &self.inner.dispatcher.journal {
-                let record = crate::journal::Accepted {
-                    id: delivery,
-                    source: msg.source.clone(),
-                    message: serde_json::to_string(&msg).unwrap_or_default(),
-                    pending: self.inner.dispatcher.names(&reservation),
-                };
-                if let Err(e) = journal.append(record).await {
-                    tracing::error!(error = %e, repo, tag, "refused a delivery with 503: the journal failed");
-                    return unavailable("the journal is unavailable");
-                }
-            }
-            let handlers = self.inner.dispatcher.start(reservation, msg, delivery);
-            self.inner.metrics.record_accepted();
-            tracing::info!(%delivery, source = hook.provider.name(), repo, tag, handlers, "accepted a delivery");
             if let Some(id) = &event {
                 state.recent.remember(id);
             }
@@ -435,6 +430,48 @@ impl HubhookService {
         text(StatusCode::ACCEPTED, "application/json", body.to_string())
     }
 
+    /// Queues `msg` for its handlers (those named in `only`, when given) under a new
+    /// delivery id, journaled first when there is a journal. `Err` is the reason for a 503.
+    async fn accept(
+        &self,
+        msg: crate::HubMessage,
+        only: Option<&[String]>,
+    ) -> Result<DeliveryId, &'static str> {
+        let dispatcher = &self.inner.dispatcher;
+        let delivery = DeliveryId::generate();
+        let (repo, tag) = (msg.repo(), msg.tag());
+        let reservation = match dispatcher.reserve(&msg, only) {
+            Ok(reservation) => reservation,
+            Err(busy) => {
+                let (reason, handler) = match &busy {
+                    Busy::Closed => ("shutting down", ""),
+                    Busy::Full(handler) => ("a handler's queue is full", handler.as_str()),
+                };
+                tracing::warn!(repo, tag, reason, handler, "refused a delivery with 503");
+                return Err(reason);
+            }
+        };
+        // Durable before the answer: the only wait on the request path, shared with
+        // every request in flight (group commit).
+        #[cfg(feature = "journal")]
+        if let Some(journal) = &dispatcher.shared.journal {
+            let record = crate::journal::Accepted {
+                id: delivery,
+                source: msg.source.clone(),
+                message: serde_json::to_string(&msg).unwrap_or_default(),
+                pending: dispatcher.names(&reservation),
+            };
+            if let Err(e) = journal.append(record, repo, tag).await {
+                tracing::error!(error = %e, repo, tag, "refused a delivery with 503: the journal failed");
+                return Err("the journal is unavailable");
+            }
+        }
+        tracing::info!(%delivery, source = %msg.source, repo, tag, "accepted a delivery");
+        dispatcher.start(reservation, msg, delivery);
+        self.inner.metrics.record_accepted();
+        Ok(delivery)
+    }
+
     fn too_large(&self) -> Response<Full<Bytes>> {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -443,11 +480,13 @@ impl HubhookService {
     }
 
     /// Runs again what a previous process accepted and did not finish (at least once):
-    /// each unfinished delivery, oldest first, to the handlers still owed a run. Returns
-    /// how many deliveries were resumed. Call it once at start, before serving.
+    /// each unfinished delivery, oldest first, to the handlers still owed a run, through
+    /// their queues (so deliveries with one coalescing key end in one run of the newest).
+    /// Returns how many deliveries were resumed. Call it once at start, before serving.
     #[cfg(feature = "journal")]
     pub async fn recover(&self) -> Result<usize, crate::journal::JournalError> {
-        let Some(journal) = &self.inner.dispatcher.journal else {
+        let dispatcher = &self.inner.dispatcher;
+        let Some(journal) = &dispatcher.shared.journal else {
             return Ok(0);
         };
         let mut resumed = 0;
@@ -456,34 +495,61 @@ impl HubhookService {
                 Ok(msg) => msg,
                 Err(e) => {
                     tracing::error!(delivery = %delivery.id, error = %e, "cannot resume a journaled delivery");
+                    journal.finish(delivery.id, crate::dispatch::Settled::Failed);
                     continue;
                 }
             };
-            let reservation = loop {
-                match self.inner.dispatcher.reserve(&msg, Some(&delivery.pending)) {
-                    Ok(reservation) => break reservation,
-                    // Wait for room rather than drop anything.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
+            // Wait for room rather than drop anything.
+            let Some(reservation) = dispatcher
+                .reserve_waiting(&msg, Some(&delivery.pending))
+                .await
+            else {
+                break;
             };
-            let owed = self.inner.dispatcher.names(&reservation);
+            let owed = dispatcher.names(&reservation);
             for gone in delivery.pending.iter().filter(|h| !owed.contains(h)) {
                 // A handler removed from the configuration since: nothing can run it.
-                journal.record_run(
+                journal.record(
                     delivery.id,
                     gone,
-                    1,
+                    0,
                     std::time::SystemTime::now(),
-                    &Err(crate::HandlerError::Rejected(
-                        "the handler is no longer configured".into(),
-                    )),
+                    "rejected",
+                    "the handler is no longer configured".into(),
+                    true,
                 );
             }
+            if owed.is_empty() {
+                journal.finish(delivery.id, crate::dispatch::Settled::Failed);
+                continue;
+            }
             tracing::info!(delivery = %delivery.id, handlers = owed.len(), "resuming an unfinished delivery");
-            self.inner.dispatcher.start(reservation, msg, delivery.id);
+            dispatcher.start(reservation, msg, delivery.id);
             resumed += 1;
         }
         Ok(resumed)
+    }
+
+    /// Runs a journaled delivery again, as a new delivery with the same message, for the
+    /// handlers that match it now. Returns the new delivery's id.
+    #[cfg(feature = "journal")]
+    pub async fn replay(&self, id: DeliveryId) -> Result<DeliveryId, ReplayError> {
+        let journal = self
+            .inner
+            .dispatcher
+            .shared
+            .journal
+            .as_ref()
+            .ok_or(ReplayError::NoJournal)?;
+        let old = journal.get(id).await?.ok_or(ReplayError::NotFound(id))?;
+        let msg = crate::HubMessage::from_serialized(old.message.as_bytes())
+            .map_err(|e| ReplayError::Unreadable(e.to_string()))?;
+        if self.inner.draining.load(Ordering::Acquire) {
+            return Err(ReplayError::Busy("shutting down"));
+        }
+        let delivery = self.accept(msg, None).await.map_err(ReplayError::Busy)?;
+        tracing::info!(%delivery, replay_of = %id, "replaying a delivery");
+        Ok(delivery)
     }
 
     /// Stops accepting webhooks (they get 503 with `Retry-After`), lets running handlers
@@ -500,6 +566,28 @@ impl HubhookService {
     pub(crate) fn begin_shutdown(&self) {
         self.inner.draining.store(true, Ordering::Release);
     }
+}
+
+/// Why [`HubhookService::replay`] could not run a delivery again.
+#[cfg(feature = "journal")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The service has no journal to replay from.
+    #[error("this service has no journal")]
+    NoJournal,
+    /// No delivery with this id is in the journal (never, or pruned).
+    #[error("no delivery {0} in the journal")]
+    NotFound(DeliveryId),
+    /// The journaled message could not be read back.
+    #[error("the journaled message cannot be read: {0}")]
+    Unreadable(String),
+    /// The queues are full or the service is shutting down.
+    #[error("not now: {0}")]
+    Busy(&'static str),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// One webhook endpoint: a path, the provider whose payloads it takes, and who may call it.

@@ -9,4 +9,5 @@ mod dispatch;
 mod logs;
 mod properties;
 mod providers;
+mod queues;
 mod support;

@@ -108,6 +108,17 @@ impl TestServer {
         }
     }
 
+    /// Serves a listener the test built itself (plain HTTP).
+    pub fn from_listener(listener: Listener) -> Self {
+        Self {
+            addr: listener.local_addr(),
+            transport: Transport::Plain,
+            cert: None,
+            handle: listener.shutdown_handle(),
+            task: Some(tokio::spawn(listener.serve())),
+        }
+    }
+
     /// A fresh connection, TLS-wrapped when the server speaks TLS (ALPN http/1.1).
     pub async fn connect(&self) -> Box<dyn Io> {
         self.connect_alpn(&[b"http/1.1"]).await
