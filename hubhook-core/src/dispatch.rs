@@ -507,6 +507,7 @@ impl Queue {
         state.keys.values().filter(|s| s.pending.is_some()).count()
     }
 
+    #[cfg_attr(not(feature = "journal"), allow(unused_variables))]
     fn supersede(&self, shared: &Shared, delivery: &Delivery, attempt: u32, by: DeliveryId) {
         let name = self.route.name();
         let result = Err(HandlerError::Superseded(by));
@@ -746,6 +747,7 @@ impl Dispatcher {
     }
 
     /// The names of the handlers a reservation is for.
+    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
     pub(crate) fn names(&self, reservation: &Reservation) -> Vec<String> {
         reservation
             .routes

@@ -77,11 +77,15 @@
 //! - `plugin`: handler plugins as dynamic libraries, through a small C ABI: load them with
 //!   [`plugin::PluginHandler`], write them in Rust with [`export_plugin!`] (see
 //!   `docs/PLUGINS.md`).
+//! - `callback`: answer Docker Hub's `callback_url` over HTTPS, to allowlisted hosts only
+//!   ([`callback::Callbacks`]).
 
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod auth;
+#[cfg(feature = "callback")]
+pub mod callback;
 mod dispatch;
 mod error;
 mod handler;

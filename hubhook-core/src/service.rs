@@ -139,8 +139,15 @@ impl HubhookServiceBuilder {
     /// handler run's outcome; [`HubhookService::recover`] runs what a previous process
     /// left unfinished.
     #[cfg(feature = "journal")]
-    pub fn journal(mut self, journal: crate::journal::Journal) -> Self {
-        self.journal = Some(Arc::new(journal));
+    pub fn journal(self, journal: crate::journal::Journal) -> Self {
+        self.journal_shared(Arc::new(journal))
+    }
+
+    /// Like [`journal`](Self::journal), for a journal the caller keeps using too (to
+    /// prune it, for example).
+    #[cfg(feature = "journal")]
+    pub fn journal_shared(mut self, journal: Arc<crate::journal::Journal>) -> Self {
+        self.journal = Some(journal);
         self
     }
 

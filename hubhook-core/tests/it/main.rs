@@ -3,6 +3,8 @@
 // Helpers are `pub` for the sibling modules; this binary has no outside users.
 #![allow(unreachable_pub, missing_debug_implementations)]
 
+#[cfg(feature = "callback")]
+mod callback;
 mod connection;
 mod contract;
 mod dispatch;
