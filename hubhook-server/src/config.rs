@@ -24,6 +24,12 @@ pub(crate) const DEFAULT_DATA_DIR: &str = "./hubhook-data";
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Keys shorter than this are refused: they can be guessed.
 const MIN_KEY_LEN: usize = 16;
+/// Finished deliveries older than this are pruned from the journal, by default.
+const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 86_400);
+/// Finished deliveries kept in the journal at most, by default.
+const DEFAULT_KEEP_DELIVERIES: u64 = 10_000;
+/// The only host the callback may reach unless `callback.allow` says otherwise.
+const DEFAULT_CALLBACK_HOST: &str = "registry.hub.docker.com";
 /// The handler types this build knows.
 const HANDLER_TYPES: &[&str] = &["log", "shell", "docker", "plugin"];
 
@@ -65,6 +71,12 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     /// Journal accepted deliveries in the data dir (and resume them after a restart).
     pub(crate) journal: bool,
+    /// Finished deliveries older than this are pruned from the journal.
+    pub(crate) keep: Option<Duration>,
+    /// At most this many finished deliveries are kept in the journal.
+    pub(crate) keep_deliveries: Option<u64>,
+    /// Docker Hub's legacy callback, when enabled.
+    pub(crate) callback: Option<CallbackSpec>,
     pub(crate) api_keys: Vec<String>,
     pub(crate) allow_unauthenticated: bool,
     pub(crate) tls: Option<TlsFiles>,
@@ -72,6 +84,25 @@ pub(crate) struct Config {
     pub(crate) dockerhub_hook: bool,
     pub(crate) hooks: Vec<HookSpec>,
     pub(crate) handlers: Vec<HandlerSpec>,
+}
+
+/// The `[callback]` table, when `enabled = true`.
+#[derive(Debug, Clone)]
+pub(crate) struct CallbackSpec {
+    pub(crate) allow: Vec<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) target_url: String,
+}
+
+/// How a handler's runs are queued.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueueSpec {
+    pub(crate) coalesce: Option<hubhook_core::Coalesce>,
+    pub(crate) max_concurrency: Option<usize>,
+    pub(crate) max_queued: Option<usize>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) retry_backoff: Option<Duration>,
 }
 
 /// One `[[hook]]` table.
@@ -97,6 +128,7 @@ pub(crate) struct HandlerSpec {
     pub(crate) repo: Option<String>,
     pub(crate) tag: Option<String>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) queue: QueueSpec,
     pub(crate) kind: HandlerKind,
 }
 
@@ -143,6 +175,9 @@ impl Config {
             max_connections: 512,
             shutdown_grace: Duration::from_secs(30),
             journal: false,
+            keep: Some(DEFAULT_KEEP),
+            keep_deliveries: Some(DEFAULT_KEEP_DELIVERIES),
+            callback: None,
             api_keys: Vec::new(),
             allow_unauthenticated: false,
             tls: None,
@@ -153,6 +188,7 @@ impl Config {
                 repo: None,
                 tag: None,
                 timeout: None,
+                queue: QueueSpec::default(),
                 kind: HandlerKind::Log {
                     format: LogFormat::Text,
                 },
@@ -182,8 +218,8 @@ struct RawConfig {
     header_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
-    #[serde(default)]
-    journal: bool,
+    journal: Option<Spanned<toml::Value>>,
+    callback: Option<Spanned<RawCallback>>,
     #[serde(default)]
     auth: RawAuth,
     tls: Option<RawTls>,
@@ -191,6 +227,31 @@ struct RawConfig {
     handlers: Vec<Spanned<toml::Table>>,
     #[serde(default, rename = "hook")]
     hooks: Vec<Spanned<RawHook>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    #[serde(default = "yes")]
+    enabled: bool,
+    keep_days: Option<u64>,
+    keep_deliveries: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallback {
+    #[serde(default)]
+    enabled: bool,
+    allow: Option<Vec<String>>,
+    timeout: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    target_url: String,
 }
 
 #[derive(Deserialize)]
@@ -325,7 +386,52 @@ impl Parser<'_> {
         if let Some(dir) = &raw.data_dir {
             config.data_dir = base.join(dir.get_ref());
         }
-        config.journal = raw.journal;
+        if let Some(journal) = &raw.journal {
+            self.journal(journal, &mut config)?;
+        }
+        if let Some(callback) = &raw.callback {
+            let span = callback.span();
+            let callback = callback.get_ref();
+            if callback.enabled {
+                let allow = callback
+                    .allow
+                    .clone()
+                    .unwrap_or_else(|| vec![DEFAULT_CALLBACK_HOST.to_owned()]);
+                if let Some(bad) = allow
+                    .iter()
+                    .find(|h| h.is_empty() || h.contains(['/', '*', '@', ' ']))
+                {
+                    return Err(self.error_at(
+                        span,
+                        "callback.allow",
+                        format!("{bad:?} is not a host name (like \"registry.hub.docker.com\" or \"hooks.example.com:8443\")"),
+                    ));
+                }
+                let timeout = match &callback.timeout {
+                    Some(t) => self.duration(t, "callback.timeout")?,
+                    None => Duration::from_secs(10),
+                };
+                let ca_file = match &callback.ca_file {
+                    Some(file) => {
+                        let path = base.join(file.get_ref());
+                        // Read now: a typo is a config error, not a failed callback later.
+                        hubhook_core::callback::Callbacks::new()
+                            .add_roots_pem_file(&path)
+                            .map_err(|e| {
+                                self.error_at(file.span(), "callback.ca_file", e.to_string())
+                            })?;
+                        Some(path)
+                    }
+                    None => None,
+                };
+                config.callback = Some(CallbackSpec {
+                    allow,
+                    timeout,
+                    ca_file,
+                    target_url: callback.target_url.clone(),
+                });
+            }
+        }
         if let Some(size) = &raw.max_body {
             config.max_body = parse_size(size.get_ref())
                 .map_err(|m| self.error_at(size.span(), "max_body", m))?;
@@ -471,6 +577,7 @@ impl Parser<'_> {
                 })
             })
             .transpose()?;
+        let queue = self.queue(index, table, &mut rest)?;
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(self.error_at(
                 self.key_span(table, "name"),
@@ -626,6 +733,7 @@ impl Parser<'_> {
             repo,
             tag,
             timeout,
+            queue,
             kind,
         })
     }
@@ -770,6 +878,116 @@ impl Parser<'_> {
             provider,
             api_keys,
             allow_unauthenticated: raw.allow_unauthenticated,
+        })
+    }
+
+    /// `journal = true`, or a `[journal]` table with retention.
+    fn journal(
+        &self,
+        value: &Spanned<toml::Value>,
+        config: &mut Config,
+    ) -> Result<(), ConfigError> {
+        match value.get_ref() {
+            toml::Value::Boolean(on) => config.journal = *on,
+            toml::Value::Table(table) => {
+                let raw: RawJournal = serde_path_to_error::deserialize(toml::Value::Table(
+                    table.clone(),
+                ))
+                .map_err(|e| {
+                    let path = e.path().to_string();
+                    let message = e.into_inner().message().trim().to_owned();
+                    let name = if path == "." {
+                        message.split('`').nth(1).unwrap_or("").to_owned()
+                    } else {
+                        path
+                    };
+                    self.error_at(value.span(), &format!("journal.{name}"), message)
+                })?;
+                config.journal = raw.enabled;
+                // 0 means "keep forever".
+                if let Some(days) = raw.keep_days {
+                    config.keep =
+                        (days > 0).then(|| Duration::from_secs(days.saturating_mul(86_400)));
+                }
+                if let Some(n) = raw.keep_deliveries {
+                    config.keep_deliveries = (n > 0).then_some(n);
+                }
+            }
+            other => {
+                return Err(self.error_at(
+                    value.span(),
+                    "journal",
+                    format!("must be true, false or a table, not {}", other.type_str()),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// A handler's queue keys: `coalesce`, `max_concurrency`, `max_queued`, `retries`,
+    /// `retry_backoff`.
+    fn queue(
+        &self,
+        index: usize,
+        table: &Spanned<toml::Table>,
+        rest: &mut toml::Table,
+    ) -> Result<QueueSpec, ConfigError> {
+        let key = |k: &str| format!("handler[{index}].{k}");
+        let mut count = |k: &str, min: i64, max: i64| -> Result<Option<i64>, ConfigError> {
+            match rest.remove(k) {
+                None => Ok(None),
+                Some(toml::Value::Integer(n)) if (min..=max).contains(&n) => Ok(Some(n)),
+                Some(other) => Err(self.error_at(
+                    self.key_span(table, k),
+                    &key(k),
+                    format!("must be a whole number from {min} to {max}, not {other}"),
+                )),
+            }
+        };
+        let max_concurrency = count("max_concurrency", 1, 1024)?.map(|n| n as usize);
+        let max_queued = count("max_queued", 1, 1_000_000)?.map(|n| n as usize);
+        let retries = count("retries", 0, 100)?.map(|n| n as u32);
+        let mut text = |k: &str| -> Result<Option<String>, ConfigError> {
+            match rest.remove(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(self.error_at(
+                    self.key_span(table, k),
+                    &key(k),
+                    format!("must be a string, not {}", other.type_str()),
+                )),
+            }
+        };
+        let coalesce = text("coalesce")?
+            .map(|c| match c.as_str() {
+                "repo+tag" => Ok(hubhook_core::Coalesce::RepoTag),
+                "repo" => Ok(hubhook_core::Coalesce::Repo),
+                "handler" => Ok(hubhook_core::Coalesce::Handler),
+                "off" => Ok(hubhook_core::Coalesce::Off),
+                other => Err(self.error_at(
+                    self.key_span(table, "coalesce"),
+                    &key("coalesce"),
+                    format!("unknown coalescing key {other:?} (expected \"repo+tag\", \"repo\", \"handler\" or \"off\")"),
+                )),
+            })
+            .transpose()?;
+        let retry_backoff = text("retry_backoff")?
+            .map(|t| {
+                humantime::parse_duration(&t).map_err(|e| {
+                    self.error_at(
+                        self.key_span(table, "retry_backoff"),
+                        &key("retry_backoff"),
+                        format!("{t:?} is not a duration like \"30s\" or \"10m\": {e}"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(QueueSpec {
+            coalesce,
+            max_concurrency,
+            max_queued,
+            retries,
+            retry_backoff,
         })
     }
 

@@ -7,6 +7,8 @@
 #![deny(unsafe_code)]
 
 mod config;
+mod control;
+mod deliveries;
 mod keys;
 mod send;
 
@@ -17,14 +19,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::os::unix::fs::DirBuilderExt;
 
-use hubhook_core::journal::Journal;
-use hubhook_core::{Hook, HubhookService, Listener, Route, TlsConfig};
-
-/// The journal's file in the data dir.
-const JOURNAL_FILE: &str = "journal.sqlite";
+use hubhook_core::journal::{Filter, Journal};
+use hubhook_core::{DeliveryId, Hook, HubhookService, Listener, Route, TlsConfig};
 use hubhook_handlers::{LogHandler, ShellHandler};
 
-use crate::config::{Config, HandlerKind, HandlerSpec};
+use crate::config::{Config, HandlerKind, HandlerSpec, DEFAULT_DATA_DIR};
+use crate::deliveries::JOURNAL_FILE;
 
 /// Receive container-registry webhooks (Docker Hub and others) and act on them: log the
 /// push, run a script, redeploy a container.
@@ -60,6 +60,18 @@ enum Command {
     },
     /// Print a new random API key (256 bits, URL-safe).
     Keygen,
+    /// Read the delivery journal (`journal = true`), also while the server runs: list
+    /// deliveries, show one with every attempt, or run one again.
+    Deliveries {
+        /// The configuration file whose data_dir holds the journal.
+        #[arg(long, short, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// The data dir that holds the journal (default: the config's, or ./hubhook-data).
+        #[arg(long, value_name = "DIR", global = true, conflicts_with = "config")]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DeliveriesCommand,
+    },
     /// Post a test webhook (Docker Hub's documented example, or a file) and print the answer.
     Send {
         /// The hook URL, e.g. http://127.0.0.1:8080/hubhook?apikey=KEY
@@ -73,6 +85,33 @@ enum Command {
         /// Trust the CA certificates in this PEM file for https URLs (default: the system's).
         #[arg(long, value_name = "PEM")]
         cacert: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        /// Only this status: pending, ok, failed or superseded.
+        #[arg(long, value_name = "S", value_parser = ["pending", "ok", "failed", "superseded"])]
+        status: Option<String>,
+        /// Only this repository (namespace/name).
+        #[arg(long, value_name = "R")]
+        repo: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u64,
+    },
+    /// Show one delivery: the message's summary and every handler attempt.
+    Show {
+        /// The delivery id (from the 202 answer, the log or `list`).
+        id: DeliveryId,
+    },
+    /// Run a delivery again, as a new delivery with the same message: at once through
+    /// the running server, or at its next start when none runs.
+    Replay {
+        /// The delivery id.
+        id: DeliveryId,
     },
 }
 
@@ -115,6 +154,50 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Deliveries {
+            config,
+            data_dir,
+            action,
+        } => {
+            let data_dir = match (data_dir, config) {
+                (Some(dir), _) => dir,
+                (None, Some(file)) => match Config::load(&file) {
+                    Ok(config) => config.data_dir,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+            };
+            let done = match action {
+                DeliveriesCommand::List {
+                    status,
+                    repo,
+                    limit,
+                } => {
+                    let mut filter = Filter::new().limit(limit);
+                    if let Some(status) = status {
+                        filter = filter.status(status);
+                    }
+                    if let Some(repo) = repo {
+                        filter = filter.repo(repo);
+                    }
+                    deliveries::list(&data_dir, &filter)
+                }
+                DeliveriesCommand::Show { id } => deliveries::show(&data_dir, id),
+                DeliveriesCommand::Replay { id } => {
+                    return run(async move { deliveries::replay(&data_dir, id).await })
+                }
+            };
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keygen => match keys::generate() {
             Ok(key) => {
                 println!("{key}");
@@ -232,6 +315,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     }
     // Every accepted delivery is journaled before it is answered; what a previous process
     // left unfinished runs again now (at least once).
+    let mut journal = None;
     if config.journal {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -243,15 +327,36 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
                     config.data_dir.display()
                 )
             })?;
-        let journal =
-            Journal::open(config.data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
-        builder = builder.journal(journal);
+        let opened = std::sync::Arc::new(
+            Journal::open(config.data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?,
+        );
+        builder = builder.journal_shared(opened.clone());
+        journal = Some(opened);
+    }
+    if let Some(spec) = &config.callback {
+        let mut callbacks = hubhook_core::callback::Callbacks::new()
+            .allow(spec.allow.iter().cloned())
+            .timeout(spec.timeout)
+            .target_url(&spec.target_url);
+        if let Some(ca) = &spec.ca_file {
+            callbacks = callbacks
+                .add_roots_pem_file(ca)
+                .map_err(|e| e.to_string())?;
+        }
+        builder = builder.callbacks(callbacks);
     }
     let service = builder.build().map_err(|e| e.to_string())?;
     let resumed = service.recover().await.map_err(|e| e.to_string())?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed deliveries a previous run left unfinished");
     }
+    // `hubhook deliveries replay` reaches the running server through this socket.
+    let _control = if let Some(journal) = &journal {
+        retention(journal.clone(), config.keep, config.keep_deliveries);
+        Some(control::start(&config.data_dir, service.clone())?)
+    } else {
+        None
+    };
     let handlers = service.handler_names();
     let hooks = service.hooks();
 
@@ -343,7 +448,46 @@ fn route(spec: &HandlerSpec) -> Result<Route, String> {
     if let Some(timeout) = spec.timeout {
         route = route.timeout(timeout);
     }
+    let queue = &spec.queue;
+    if let Some(coalesce) = queue.coalesce {
+        route = route.coalesce(coalesce);
+    }
+    if let Some(n) = queue.max_concurrency {
+        route = route.max_concurrency(n);
+    }
+    if let Some(n) = queue.max_queued {
+        route = route.max_queued(n);
+    }
+    if let Some(n) = queue.retries {
+        route = route.retries(n);
+    }
+    if let Some(backoff) = queue.retry_backoff {
+        route = route.backoff(backoff);
+    }
     Ok(route)
+}
+
+/// Prunes the journal now and every hour: finished deliveries older than `keep` and past
+/// the newest `keep_deliveries`.
+fn retention(
+    journal: std::sync::Arc<Journal>,
+    keep: Option<std::time::Duration>,
+    keep_deliveries: Option<u64>,
+) {
+    if keep.is_none() && keep_deliveries.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match journal.prune(keep, keep_deliveries).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "pruned finished deliveries from the journal"),
+                Err(e) => tracing::warn!(error = %e, "could not prune the journal"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

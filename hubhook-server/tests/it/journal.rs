@@ -6,14 +6,17 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// Posts deliveries with distinct tags until `stop`, returns the ids answered 202.
-fn flood(addr: std::net::SocketAddr, until: Instant) -> Vec<String> {
+/// Posts deliveries with distinct tags (`{round}-{n}`) until `until`, returns the ids
+/// answered 202. Distinct tags: deliveries of one tag would coalesce, and a superseded
+/// one rightly never runs.
+fn flood(addr: std::net::SocketAddr, round: u64, until: Instant) -> Vec<String> {
     let mut accepted = Vec::new();
     let mut n = 0u32;
     while Instant::now() < until {
         n += 1;
-        let body =
-            format!(r#"{{"push_data":{{"tag":"t{n}"}},"repository":{{"repo_name":"acme/site"}}}}"#);
+        let body = format!(
+            r#"{{"push_data":{{"tag":"t{round}-{n}"}},"repository":{{"repo_name":"acme/site"}}}}"#
+        );
         let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
             break;
         };
@@ -51,7 +54,7 @@ fn sigkill_loses_nothing_that_was_answered_202() {
     let config = config(
         &dir,
         &format!(
-            "journal = true\n[[handler]]\nname = \"mark\"\ntype = \"shell\"\ncommand = [\"sh\", \"-c\", \"sleep 0.2; touch {}/$HUBHOOK_DELIVERY\"]\n",
+            "journal = true\n[[handler]]\nname = \"mark\"\ntype = \"shell\"\nmax_concurrency = 64\ncommand = [\"sh\", \"-c\", \"sleep 0.2; touch {}/$HUBHOOK_DELIVERY\"]\n",
             marks.display()
         ),
     );
@@ -62,7 +65,11 @@ fn sigkill_loses_nothing_that_was_answered_202() {
         let server = Server::start(&["--config", config], dir.path(), &[]);
         let addr = server.addr;
         let flooding = std::thread::spawn(move || {
-            flood(addr, Instant::now() + Duration::from_millis(kill_after))
+            flood(
+                addr,
+                kill_after,
+                Instant::now() + Duration::from_millis(kill_after),
+            )
         });
         std::thread::sleep(Duration::from_millis(kill_after));
         drop(server); // SIGKILL, mid-flood, with runs in flight
@@ -147,4 +154,186 @@ fn an_unusable_journal_stops_the_start_clearly() {
         "{stderr}"
     );
     assert!(first.terminate().success());
+}
+
+/// The payload of a push of acme/site:latest by `pusher`.
+fn push(pusher: &str) -> String {
+    format!(
+        r#"{{"push_data":{{"tag":"latest","pusher":"{pusher}"}},"repository":{{"repo_name":"acme/site"}}}}"#
+    )
+}
+
+fn delivery_of(body: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(body).expect("JSON answer");
+    value["delivery"]
+        .as_str()
+        .expect("a delivery id")
+        .to_owned()
+}
+
+fn deliveries(dir: &TempDir, args: &[&str]) -> String {
+    let mut all = vec!["deliveries", "--config", "hubhook.toml"];
+    all.extend_from_slice(args);
+    let out = hubhook(&all, dir.path());
+    assert!(
+        out.status.success(),
+        "hubhook {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Lines of the handler's log: "start PUSHER" and "end PUSHER".
+fn runs(dir: &TempDir) -> Vec<String> {
+    std::fs::read_to_string(dir.path().join("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_for_runs(dir: &TempDir, lines: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = runs(dir);
+        if seen.len() >= lines || Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_burst_of_one_tag_runs_twice_and_the_history_and_replay_work_while_serving() {
+    let dir = TempDir::new("burst");
+    let log = dir.path().join("runs.log");
+    config(
+        &dir,
+        &format!(
+            "journal = true\n[[handler]]\nname = \"deploy\"\ntype = \"shell\"\n\
+             command = [\"sh\", \"-c\", \"echo start $HUBHOOK_PUSHER >> {log}; sleep 2; echo end $HUBHOOK_PUSHER >> {log}\"]\n",
+            log = log.display()
+        ),
+    );
+    let mut server = Server::start(&["--config", "hubhook.toml"], dir.path(), &[]);
+    server.wait_for_stderr("listening on");
+    let addr = server.addr;
+    let target = format!("/hubhook?apikey={KEY}");
+
+    // 1,000 pushes of acme/site:latest from 8 connections at once.
+    let started = Instant::now();
+    let senders: Vec<_> = (0..8)
+        .map(|t| {
+            let target = target.clone();
+            std::thread::spawn(move || {
+                (0..125)
+                    .map(|i| {
+                        let pusher = format!("p{t}-{i}");
+                        let (status, body) =
+                            request(addr, "POST", &target, &[], push(&pusher).as_bytes());
+                        assert_eq!(status, 202, "{body}");
+                        (delivery_of(&body), pusher)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut accepted: Vec<(String, String)> = senders
+        .into_iter()
+        .flat_map(|s| s.join().expect("sender"))
+        .collect();
+    let burst = started.elapsed();
+    assert_eq!(accepted.len(), 1000);
+    // Delivery ids sort by arrival: the last is the newest message.
+    accepted.sort();
+    let (newest, newest_pusher) = accepted.last().cloned().expect("a delivery");
+
+    let seen = wait_for_runs(&dir, 4);
+    let first_end = runs(&dir).iter().position(|l| l.starts_with("end"));
+    assert!(
+        first_end.is_none() || burst < Duration::from_secs(2),
+        "the burst took {burst:?}, longer than the handler's 2 s: this test cannot tell"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let seen_after = runs(&dir);
+    assert_eq!(
+        seen_after.len(),
+        4,
+        "two runs, no more: {seen_after:?} (first look: {seen:?})"
+    );
+    assert_eq!(
+        seen_after[2],
+        format!("start {newest_pusher}"),
+        "the second run has the newest message: {seen_after:?}"
+    );
+    println!("burst of 1000 in {burst:?}; runs: {seen_after:?}");
+
+    // The history, read while the server runs.
+    let listing = deliveries(&dir, &["list", "--status", "superseded", "--limit", "5000"]);
+    let superseded = listing.lines().skip(1).count();
+    assert_eq!(superseded, 998, "{listing}");
+    let ok = deliveries(&dir, &["list", "--status", "ok", "--repo", "acme/site"]);
+    assert_eq!(ok.lines().skip(1).count(), 2, "{ok}");
+    assert!(ok.contains(&newest), "{ok}");
+    assert_eq!(
+        deliveries(&dir, &["list", "--repo", "other/repo"])
+            .lines()
+            .count(),
+        1,
+        "only the header"
+    );
+    let shown = deliveries(&dir, &["show", &newest]);
+    assert!(shown.contains(&format!("delivery  {newest}")), "{shown}");
+    assert!(shown.contains("status    ok"), "{shown}");
+    assert!(shown.contains("image     acme/site:latest"), "{shown}");
+    assert!(
+        shown.contains(&format!("pusher    {newest_pusher}")),
+        "{shown}"
+    );
+    assert!(shown.contains("deploy           #1  ok"), "{shown}");
+
+    // Replay through the running server: a new delivery, the same message, a third run.
+    let (oldest, oldest_pusher) = accepted[0].clone();
+    let replayed = deliveries(&dir, &["replay", &oldest]);
+    assert!(
+        replayed.starts_with(&format!("replaying {oldest} as delivery ")),
+        "{replayed}"
+    );
+    let seen = wait_for_runs(&dir, 6);
+    assert_eq!(seen[4], format!("start {oldest_pusher}"), "{seen:?}");
+    assert!(server.terminate().success());
+
+    // With no server, a replay is journaled for the next start.
+    let later = deliveries(&dir, &["replay", &newest]);
+    assert!(
+        later.contains("it runs when `hubhook serve` starts"),
+        "{later}"
+    );
+    assert!(runs(&dir).len() == 6, "nothing ran without a server");
+    let server = Server::start(&["--config", "hubhook.toml"], dir.path(), &[]);
+    let seen = wait_for_runs(&dir, 8);
+    assert_eq!(
+        seen.get(6),
+        Some(&format!("start {newest_pusher}")),
+        "{seen:?}"
+    );
+    assert!(server.terminate().success());
+
+    // Errors name the problem.
+    let out = hubhook(
+        &[
+            "deliveries",
+            "--config",
+            "hubhook.toml",
+            "show",
+            "01M8BMH9NK2RAM9EHZY2W4ZYHC",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("no delivery 01M8BMH9NK2RAM9EHZY2W4ZYHC in the journal"));
+    let out = hubhook(&["deliveries", "--data-dir", "nowhere", "list"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no journal here"));
 }
