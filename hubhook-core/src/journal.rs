@@ -27,6 +27,10 @@ use crate::handler::{DeliveryId, HandlerError, Outcome};
 
 /// Most records one commit takes; the rest wait for the next one.
 const MAX_BATCH: usize = 4096;
+/// How long attempt and finish records may wait for a delivery's commit to ride along
+/// with, before they get a commit of their own. Nobody waits for them; losing them in a
+/// crash only means a delivery runs again (at least once).
+const LINGER: Duration = Duration::from_millis(50);
 /// Longest outcome text kept per attempt, in characters.
 const MAX_DETAIL: usize = 4096;
 /// The schema this code writes (`PRAGMA user_version`).
@@ -182,18 +186,19 @@ impl Journal {
                  handlers TEXT NOT NULL,
                  status TEXT NOT NULL DEFAULT 'pending',
                  finished_ms INTEGER
-             );
+             ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS runs (
                  delivery TEXT NOT NULL,
+                 seq INTEGER NOT NULL,
                  handler TEXT NOT NULL,
                  attempt INTEGER NOT NULL,
                  started_ms INTEGER NOT NULL,
                  ended_ms INTEGER NOT NULL,
                  status TEXT NOT NULL,
                  detail TEXT NOT NULL,
-                 final INTEGER NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS runs_by_delivery ON runs (delivery);
+                 final INTEGER NOT NULL,
+                 PRIMARY KEY (delivery, seq)
+             ) WITHOUT ROWID;
              PRAGMA user_version = 1;
              COMMIT;",
         )
@@ -470,21 +475,54 @@ fn lines(text: &str) -> Vec<String> {
 }
 
 /// The writer thread: group commits until the journal is dropped.
+///
+/// A delivery (or a read) in the batch commits it at once: someone waits for it. A batch
+/// of attempt and finish records only lingers up to [`LINGER`] for one, so a webhook's
+/// records usually share the next webhook's fsync instead of taking one of their own.
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+    let mut batch: Vec<Op> = Vec::new();
+    let mut lingering_since: Option<Instant> = None;
+    // Orders a delivery's history; the writer is the only one writing it.
+    let mut seq: i64 = conn
+        .query_row("SELECT coalesce(max(seq), 0) FROM runs", [], |row| {
+            row.get(0)
+        })
+        .unwrap_or(0);
+    loop {
+        let next = match lingering_since {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(since) => rx.recv_timeout(LINGER.saturating_sub(since.elapsed())),
+        };
+        match next {
+            Ok(op) => batch.push(op),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) if batch.is_empty() => return,
+            // The journal is gone: write what is left, then stop.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                lingering_since = Some(Instant::now() - LINGER)
+            }
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
+        let urgent = batch
+            .iter()
+            .any(|op| matches!(op, Op::Append { .. } | Op::Read(_)));
+        let since = *lingering_since.get_or_insert_with(Instant::now);
+        if !urgent && since.elapsed() < LINGER && batch.len() < MAX_BATCH {
+            continue;
+        }
+        lingering_since = None;
+        let batch = std::mem::take(&mut batch);
         let started = Instant::now();
         let records = batch.iter().filter(|op| !matches!(op, Op::Read(_))).count() as u64;
         let outcome = if records == 0 {
             Ok(())
         } else {
-            commit(&mut conn, &batch).map_err(|e| e.to_string())
+            commit(&mut conn, &batch, &mut seq).map_err(|e| e.to_string())
         };
         if records > 0 {
             let elapsed = started.elapsed();
@@ -521,7 +559,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
 }
 
 /// Writes one batch in one transaction.
-fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
+fn commit(conn: &mut Connection, batch: &[Op], seq: &mut i64) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for op in batch {
         match op {
@@ -547,11 +585,15 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
             }
             Op::Run(r) => {
                 tx.prepare_cached(
-                    "INSERT INTO runs (delivery, handler, attempt, started_ms, ended_ms, status, detail, final)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO runs (delivery, seq, handler, attempt, started_ms, ended_ms, status, detail, final)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?
                 .execute(params![
                     r.delivery.as_str(),
+                    {
+                        *seq += 1;
+                        *seq
+                    },
                     r.handler,
                     r.attempt,
                     r.started_ms,
@@ -808,7 +850,7 @@ impl History {
             .conn
             .prepare(
                 "SELECT handler, attempt, started_ms, ended_ms, status, detail, final
-                 FROM runs WHERE delivery = ?1 ORDER BY rowid",
+                 FROM runs WHERE delivery = ?1 ORDER BY seq",
             )
             .map_err(|e| self.fail(e))?;
         let attempts = stmt

@@ -240,6 +240,24 @@ pub(crate) async fn healthz(addr: SocketAddr) -> Option<StatusCode> {
         .flatten()
 }
 
+/// The body of `GET /metrics`, or `None` if there is no answer.
+pub(crate) async fn metrics(addr: SocketAddr) -> Option<String> {
+    let get = async {
+        let mut sender = connect(addr).await.ok()?;
+        let req = Request::get("/metrics")
+            .header(HOST, addr.to_string())
+            .body(Full::default())
+            .ok()?;
+        let response = sender.send_request(req).await.ok()?;
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        String::from_utf8(body.to_vec()).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), get)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// `ingest --bare-server PORT`: reads each request's body and answers 200 with an empty
 /// body. HTTP/1.1, multi-thread runtime with the default workers. Exits when stdin closes.
 pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
