@@ -64,6 +64,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--journal" {
+            opts.journal = true;
+            continue;
+        }
         let value = it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
         let number = |v: &String| match v.parse::<u64>() {
             Ok(n) if (1..=100_000).contains(&n) => Ok(n),
@@ -74,10 +78,6 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--connections" => opts.connections = number(value?)? as usize,
             "--seconds" => opts.seconds = number(value?)?,
             "--rounds" => opts.rounds = number(value?)? as usize,
-            "--journal" => {
-                opts.journal = true;
-                continue;
-            }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }

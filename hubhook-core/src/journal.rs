@@ -33,6 +33,8 @@ const MAX_BATCH: usize = 4096;
 const LINGER: Duration = Duration::from_millis(50);
 /// Longest outcome text kept per attempt, in characters.
 const MAX_DETAIL: usize = 4096;
+/// Most deliveries one pruning transaction deletes.
+pub const PRUNE_CHUNK: usize = 2000;
 /// The schema this code writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 1;
 /// Upper bounds of the commit batch size histogram's buckets (records per commit).
@@ -377,43 +379,58 @@ impl Journal {
 
     /// Deletes finished deliveries (and their attempts) received more than `keep` ago, and
     /// all but the newest `keep_deliveries` finished ones. Unfinished deliveries are never
-    /// pruned. Returns how many deliveries were deleted.
+    /// pruned. Works in transactions of at most [`PRUNE_CHUNK`] deliveries, so webhooks
+    /// arriving meanwhile wait for one chunk at most. Returns how many were deleted.
     pub async fn prune(
         &self,
         keep: Option<Duration>,
         keep_deliveries: Option<u64>,
     ) -> Result<usize, JournalError> {
         let cutoff = keep.map(|keep| millis(SystemTime::now()) - keep.as_millis() as i64);
-        self.read(move |conn| {
-            let tx = conn.transaction()?;
-            tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS doomed (id TEXT PRIMARY KEY)")?;
-            tx.execute("DELETE FROM doomed", [])?;
-            if let Some(cutoff) = cutoff {
-                tx.execute(
-                    "INSERT OR IGNORE INTO doomed SELECT id FROM deliveries
-                     WHERE finished_ms IS NOT NULL AND received_ms < ?1",
-                    [cutoff],
-                )?;
+        // The newest delivery past the count limit: it and everything older may go.
+        let edge: Option<String> = match keep_deliveries {
+            None => None,
+            Some(keep) => {
+                self.read(move |conn| {
+                    conn.query_row(
+                        "SELECT id FROM deliveries WHERE finished_ms IS NOT NULL
+                         ORDER BY id DESC LIMIT 1 OFFSET ?1",
+                        [keep.min(i64::MAX as u64) as i64],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                })
+                .await?
             }
-            if let Some(keep) = keep_deliveries {
-                tx.execute(
-                    "INSERT OR IGNORE INTO doomed SELECT id FROM deliveries
-                     WHERE finished_ms IS NOT NULL ORDER BY id DESC LIMIT -1 OFFSET ?1",
-                    [keep as i64],
-                )?;
+        };
+        let mut total = 0;
+        loop {
+            let edge = edge.clone();
+            let deleted = self
+                .read(move |conn| {
+                    let tx = conn.transaction()?;
+                    let doomed: Vec<String> = tx
+                        .prepare(
+                            "SELECT id FROM deliveries WHERE finished_ms IS NOT NULL
+                             AND (received_ms < ?1 OR id <= ?2) ORDER BY id LIMIT ?3",
+                        )?
+                        .query_map(params![cutoff, edge, PRUNE_CHUNK as i64], |row| row.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    for id in &doomed {
+                        tx.prepare_cached("DELETE FROM runs WHERE delivery = ?1")?
+                            .execute([id])?;
+                        tx.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?
+                            .execute([id])?;
+                    }
+                    tx.commit()?;
+                    Ok(doomed.len())
+                })
+                .await?;
+            total += deleted;
+            if deleted < PRUNE_CHUNK {
+                return Ok(total);
             }
-            tx.execute(
-                "DELETE FROM runs WHERE delivery IN (SELECT id FROM doomed)",
-                [],
-            )?;
-            let deleted = tx.execute(
-                "DELETE FROM deliveries WHERE id IN (SELECT id FROM doomed)",
-                [],
-            )?;
-            tx.commit()?;
-            Ok(deleted)
-        })
-        .await
+        }
     }
 
     #[cfg(test)]

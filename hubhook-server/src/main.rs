@@ -467,8 +467,8 @@ fn route(spec: &HandlerSpec) -> Result<Route, String> {
     Ok(route)
 }
 
-/// Prunes the journal now and every hour: finished deliveries older than `keep` and past
-/// the newest `keep_deliveries`.
+/// Prunes the journal now and every minute: finished deliveries older than `keep` and
+/// past the newest `keep_deliveries` (so a flood cannot grow it for long).
 fn retention(
     journal: std::sync::Arc<Journal>,
     keep: Option<std::time::Duration>,
@@ -478,7 +478,7 @@ fn retention(
         return;
     }
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             every.tick().await;
             match journal.prune(keep, keep_deliveries).await {

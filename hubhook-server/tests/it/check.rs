@@ -66,6 +66,40 @@ fn broken_files_name_file_line_and_key() {
             format!("listen = \"127.0.0.1:99999\"\n{AUTH}"),
             "error: hubhook.toml:1: listen: \"127.0.0.1:99999\" is not an address with a port",
         ),
+        // Queue settings.
+        (
+            format!("{AUTH}\n[[handler]]\ntype = \"log\"\ncoalesce = \"tag\"\n"),
+            "error: hubhook.toml:6: handler[0].coalesce: unknown coalescing key \"tag\" (expected \"repo+tag\", \"repo\", \"handler\" or \"off\")",
+        ),
+        (
+            format!("{AUTH}\n[[handler]]\ntype = \"log\"\nretries = 1000\n"),
+            "error: hubhook.toml:6: handler[0].retries: must be a whole number from 0 to 100, not 1000",
+        ),
+        (
+            format!("{AUTH}\n[[handler]]\ntype = \"log\"\nmax_concurrency = 0\n"),
+            "error: hubhook.toml:6: handler[0].max_concurrency: must be a whole number from 1 to 1024, not 0",
+        ),
+        (
+            format!("{AUTH}\n[[handler]]\ntype = \"log\"\nretry_backoff = \"soon\"\n"),
+            "error: hubhook.toml:6: handler[0].retry_backoff: \"soon\" is not a duration",
+        ),
+        // Journal and callback tables.
+        (
+            format!("journal = \"yes\"\n{AUTH}"),
+            "error: hubhook.toml:1: journal: must be true, false or a table, not string",
+        ),
+        (
+            format!("{AUTH}\n[journal]\nkeep_weeks = 2\n"),
+            "error: hubhook.toml:4: journal.keep_weeks: unknown field `keep_weeks`",
+        ),
+        (
+            format!("{AUTH}\n[callback]\nenabled = true\nallow = [\"*.docker.com\"]\n"),
+            "error: hubhook.toml:4: callback.allow: \"*.docker.com\" is not a host name",
+        ),
+        (
+            format!("{AUTH}\n[callback]\nenabled = true\nca_file = \"missing-ca.pem\"\n"),
+            "error: hubhook.toml:6: callback.ca_file: ",
+        ),
         // Missing required key.
         (
             format!("{AUTH}\n[[handler]]\nname = \"audit\"\n"),

@@ -254,7 +254,7 @@ fn help_lists_the_commands() {
     let dir = TempDir::new("help");
     let out = hubhook(&["--help"], dir.path());
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["serve", "check", "keygen", "send"] {
+    for command in ["serve", "check", "keygen", "send", "deliveries"] {
         assert!(help.contains(command), "{help}");
     }
 }
