@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::dispatch::Settled;
 use crate::handler::{DeliveryId, HandlerError, Outcome};
+use crate::metrics::write_histogram;
 
 /// Most records one commit takes; the rest wait for the next one.
 const MAX_BATCH: usize = 4096;
@@ -440,43 +441,39 @@ impl Journal {
 
     /// The journal's counters in the Prometheus text format.
     pub(crate) fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let stats = &self.stats;
         let (commits, records) = (load(&stats.commits), load(&stats.records));
         let seconds = load(&stats.commit_micros) as f64 / 1e6;
-        let _ = write!(
-            out,
+        out.push_str(
             "# HELP hubhook_journal_commit_records Records per journal commit (one fsync each).\n\
-             # TYPE hubhook_journal_commit_records histogram\n"
+             # TYPE hubhook_journal_commit_records histogram\n",
         );
-        for (bound, n) in BATCH_BUCKETS.iter().zip(&stats.batch) {
-            let _ = writeln!(
-                out,
-                "hubhook_journal_commit_records_bucket{{le=\"{bound}\"}} {}",
-                load(n)
-            );
-        }
-        let _ = write!(
+        write_histogram(
             out,
-            "hubhook_journal_commit_records_bucket{{le=\"+Inf\"}} {commits}\n\
-             hubhook_journal_commit_records_sum {records}\n\
-             hubhook_journal_commit_records_count {commits}\n\
-             # HELP hubhook_journal_commit_seconds How long journal commits took.\n\
-             # TYPE hubhook_journal_commit_seconds histogram\n"
+            "hubhook_journal_commit_records",
+            "",
+            BATCH_BUCKETS
+                .iter()
+                .zip(&stats.batch)
+                .map(|(b, n)| (b.to_string(), load(n))),
+            commits,
+            records as f64,
         );
-        for (bound, n) in LATENCY_BUCKETS.iter().zip(&stats.latency) {
-            let _ = writeln!(
-                out,
-                "hubhook_journal_commit_seconds_bucket{{le=\"{bound}\"}} {}",
-                load(n)
-            );
-        }
-        let _ = write!(
+        out.push_str(
+            "# HELP hubhook_journal_commit_seconds How long journal commits took.\n\
+             # TYPE hubhook_journal_commit_seconds histogram\n",
+        );
+        write_histogram(
             out,
-            "hubhook_journal_commit_seconds_bucket{{le=\"+Inf\"}} {commits}\n\
-             hubhook_journal_commit_seconds_sum {seconds}\n\
-             hubhook_journal_commit_seconds_count {commits}\n"
+            "hubhook_journal_commit_seconds",
+            "",
+            LATENCY_BUCKETS
+                .iter()
+                .zip(&stats.latency)
+                .map(|(b, n)| (b.to_string(), load(n))),
+            commits,
+            seconds,
         );
     }
 }

@@ -137,27 +137,16 @@ impl Metrics {
         out.push_str("# HELP hubhook_handler_duration_seconds How long handler runs took.\n");
         out.push_str("# TYPE hubhook_handler_duration_seconds histogram\n");
         for (name, h) in &self.handlers {
-            let name = escape(name);
-            for (bound, n) in BUCKETS.iter().zip(&h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "hubhook_handler_duration_seconds_bucket{{handler=\"{name}\",le=\"{bound}\"}} {}",
-                    load(n)
-                );
-            }
-            let count = load(&h.count);
-            let _ = writeln!(
-                out,
-                "hubhook_handler_duration_seconds_bucket{{handler=\"{name}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "hubhook_handler_duration_seconds_sum{{handler=\"{name}\"}} {}",
-                load(&h.sum_micros) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "hubhook_handler_duration_seconds_count{{handler=\"{name}\"}} {count}"
+            write_histogram(
+                &mut out,
+                "hubhook_handler_duration_seconds",
+                &format!("handler=\"{}\",", escape(name)),
+                BUCKETS
+                    .iter()
+                    .zip(&h.buckets)
+                    .map(|(b, n)| (b.to_string(), load(n))),
+                load(&h.count),
+                load(&h.sum_micros) as f64 / 1e6,
             );
         }
         out.push_str(
@@ -165,28 +154,56 @@ impl Metrics {
         );
         out.push_str("# TYPE hubhook_handler_runs_in_progress gauge\n");
         let _ = writeln!(out, "hubhook_handler_runs_in_progress {running}");
-        out.push_str(
-            "# HELP hubhook_queue_depth Deliveries waiting in a handler's queue (not running).\n",
-        );
-        out.push_str("# TYPE hubhook_queue_depth gauge\n");
-        for (name, waiting, _) in queues {
-            let _ = writeln!(
-                out,
-                "hubhook_queue_depth{{handler=\"{}\"}} {waiting}",
-                escape(name)
-            );
-        }
-        out.push_str("# HELP hubhook_queue_running Runs of a handler in progress.\n");
-        out.push_str("# TYPE hubhook_queue_running gauge\n");
-        for (name, _, running) in queues {
-            let _ = writeln!(
-                out,
-                "hubhook_queue_running{{handler=\"{}\"}} {running}",
-                escape(name)
-            );
+        let gauges = [
+            (
+                "hubhook_queue_depth",
+                "Deliveries waiting in a handler's queue (not running).",
+                false,
+            ),
+            (
+                "hubhook_queue_running",
+                "Runs of a handler in progress.",
+                true,
+            ),
+        ];
+        for (metric, help, running) in gauges {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+            for queue in queues {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{handler=\"{}\"}} {}",
+                    escape(queue.0),
+                    if running { queue.2 } else { queue.1 }
+                );
+            }
         }
         out
     }
+}
+
+/// Writes one histogram's series (after its HELP and TYPE lines): a cumulative bucket per
+/// `(upper bound, count)`, `+Inf`, `_sum` and `_count`. `labels` is empty or ends in a
+/// comma (`handler="log",`).
+pub(crate) fn write_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    buckets: impl Iterator<Item = (String, u64)>,
+    count: u64,
+    sum: f64,
+) {
+    for (bound, n) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+    let labels = labels.trim_end_matches(',');
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {sum}");
+    let _ = writeln!(out, "{name}_count{braces} {count}");
 }
 
 /// Escapes a label value as the text format requires.

@@ -567,15 +567,7 @@ impl Parser<'_> {
         let mut repo = take_string("repo")?;
         let mut tag = take_string("tag")?;
         let timeout = take_string("timeout")?
-            .map(|t| {
-                humantime::parse_duration(&t).map_err(|e| {
-                    self.error_at(
-                        self.key_span(table, "timeout"),
-                        &key("timeout"),
-                        format!("{t:?} is not a duration like \"30s\" or \"10m\": {e}"),
-                    )
-                })
-            })
+            .map(|t| self.handler_duration(table, &key("timeout"), "timeout", &t))
             .transpose()?;
         let queue = self.queue(index, table, &mut rest)?;
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
@@ -972,15 +964,7 @@ impl Parser<'_> {
             })
             .transpose()?;
         let retry_backoff = text("retry_backoff")?
-            .map(|t| {
-                humantime::parse_duration(&t).map_err(|e| {
-                    self.error_at(
-                        self.key_span(table, "retry_backoff"),
-                        &key("retry_backoff"),
-                        format!("{t:?} is not a duration like \"30s\" or \"10m\": {e}"),
-                    )
-                })
-            })
+            .map(|t| self.handler_duration(table, &key("retry_backoff"), "retry_backoff", &t))
             .transpose()?;
         Ok(QueueSpec {
             coalesce,
@@ -1022,6 +1006,23 @@ impl Parser<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// A duration from a handler table's `name` key (`full` names it in errors).
+    fn handler_duration(
+        &self,
+        table: &Spanned<toml::Table>,
+        full: &str,
+        name: &str,
+        text: &str,
+    ) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(text).map_err(|e| {
+            self.error_at(
+                self.key_span(table, name),
+                full,
+                format!("{text:?} is not a duration like \"30s\" or \"10m\": {e}"),
+            )
+        })
     }
 
     fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
