@@ -113,13 +113,12 @@ pub enum Coalesce {
 }
 
 impl Coalesce {
-    fn key(self, delivery: &Delivery) -> String {
-        let msg = &delivery.msg;
+    fn key(self, msg: &HubMessage, id: DeliveryId) -> String {
         match self {
             Self::RepoTag => format!("{}:{}", msg.repo(), msg.tag()),
             Self::Repo => msg.repo().to_owned(),
             Self::Handler => String::new(),
-            Self::Off => delivery.id.as_str().to_owned(),
+            Self::Off => id.as_str().to_owned(),
         }
     }
 }
@@ -347,6 +346,9 @@ impl Delivery {
 #[derive(Debug)]
 pub(crate) struct Shared {
     tracker: TaskTracker,
+    /// Fires when shutdown begins: nothing new starts, backoffs and waits end.
+    closing: CancellationToken,
+    /// Fires when the grace period is over: running handlers are cancelled.
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
     #[cfg(feature = "journal")]
@@ -361,7 +363,7 @@ impl Shared {
     fn finished(&self, delivery: &Delivery, status: Settled, notes: Vec<String>) {
         #[cfg(feature = "journal")]
         if let Some(journal) = &self.journal {
-            journal.finish(delivery.id, status);
+            journal.finish(delivery.id);
         }
         #[cfg(feature = "callback")]
         if let Some(callbacks) = &self.callbacks {
@@ -407,7 +409,9 @@ struct Slot {
 #[derive(Debug)]
 struct Job {
     delivery: Arc<Delivery>,
-    _slot: OwnedSemaphorePermit,
+    /// Its place in the queue's bound; `None` for a delivery let in past the bound
+    /// because it replaces a waiting one, whose place it takes over.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Queue {
@@ -418,14 +422,27 @@ impl Queue {
 
     /// Puts `job` in line; starts what can start.
     fn enqueue(self: &Arc<Self>, shared: &Arc<Shared>, job: Job) {
-        let key = self.route.coalesce.key(&job.delivery);
+        let key = self.route.coalesce.key(&job.delivery.msg, job.delivery.id);
         let id = job.delivery.id;
         let mut state = self.lock();
         let superseded = match state.keys.get_mut(&key) {
             Some(slot) if id < slot.newest => Some((job, slot.newest)),
             Some(slot) => {
                 slot.newest = id;
-                slot.pending.replace(job).map(|old| (old, id))
+                let mut job = job;
+                match slot.pending.take() {
+                    Some(mut old) => {
+                        if job.slot.is_none() {
+                            job.slot = old.slot.take();
+                        }
+                        slot.pending = Some(job);
+                        Some((old, id))
+                    }
+                    None => {
+                        slot.pending = Some(job);
+                        None
+                    }
+                }
             }
             None => {
                 state.keys.insert(
@@ -486,6 +503,14 @@ impl Queue {
         }
     }
 
+    /// Whether a delivery waits (not runs) under `key`: a newer one would replace it.
+    fn has_waiting(&self, key: &str) -> bool {
+        self.lock()
+            .keys
+            .get(key)
+            .is_some_and(|slot| slot.pending.is_some())
+    }
+
     /// Whether a newer delivery waits for `key`.
     fn has_newer(&self, key: &str) -> Option<DeliveryId> {
         let state = self.lock();
@@ -524,21 +549,32 @@ impl Queue {
             );
         }
         tracing::info!(handler = name, delivery = %delivery.id, by = %by, "superseded by a newer delivery");
-        delivery.settle(
-            shared,
-            name,
-            Settled::Superseded,
-            format!("superseded by {by}"),
-        );
+        delivery.settle(shared, name, Settled::Superseded, "superseded".to_owned());
     }
 
     fn spawn(self: &Arc<Self>, shared: &Arc<Shared>, key: String, job: Job) {
-        let queue = self.clone();
-        let shared_task = shared.clone();
+        /// Frees the key when the run ends, however it ends.
+        struct Done {
+            queue: Arc<Queue>,
+            shared: Arc<Shared>,
+            key: String,
+        }
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.queue.done(&self.shared, &self.key);
+            }
+        }
+        let done = Done {
+            queue: self.clone(),
+            shared: shared.clone(),
+            key,
+        };
         shared.tracker.spawn(async move {
-            queue.drive(&shared_task, &key, &job.delivery).await;
+            let done = done;
+            done.queue
+                .drive(&done.shared, &done.key, &job.delivery)
+                .await;
             drop(job);
-            queue.done(&shared_task, &key);
         });
     }
 
@@ -599,11 +635,16 @@ impl Queue {
                 return;
             }
             if !retry {
+                // The callback reports the status word only: a command's output is not
+                // for a third party's page.
                 let (how, note) = match &result {
-                    Ok(outcome) => (Settled::Ok, outcome.summary.clone()),
-                    Err(e) => (Settled::Failed, e.to_string()),
+                    Ok(_) => (Settled::Ok, "ok"),
+                    Err(HandlerError::Timeout(_)) => (Settled::Failed, "timed out"),
+                    Err(HandlerError::Panicked(_)) => (Settled::Failed, "panicked"),
+                    Err(HandlerError::Rejected(_)) => (Settled::Failed, "rejected"),
+                    Err(_) => (Settled::Failed, "failed"),
                 };
-                delivery.settle(shared, name, how, note);
+                delivery.settle(shared, name, how, note.to_owned());
                 return;
             }
             let wait = route.delay(attempt, jitter());
@@ -611,7 +652,7 @@ impl Queue {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 // Shutdown during the backoff: the delivery stays owed.
-                () = shared.cancel.cancelled() => return,
+                () = shared.closing.cancelled() => return,
             }
             if let Some(by) = self.has_newer(key) {
                 // A newer message for the same key is waiting: retrying the old one
@@ -643,7 +684,16 @@ pub(crate) struct Dispatcher {
 /// Places taken in the queues for one delivery, before it is journaled and started.
 #[derive(Debug)]
 pub(crate) struct Reservation {
-    routes: Vec<(usize, OwnedSemaphorePermit)>,
+    routes: Vec<(usize, Option<OwnedSemaphorePermit>)>,
+}
+
+/// What recovery does with one unfinished delivery.
+#[derive(Debug)]
+pub(crate) struct Resume {
+    /// Handlers to run it.
+    pub(crate) run: Vec<String>,
+    /// Handlers for which a newer delivery of the same key supersedes it (and which).
+    pub(crate) superseded: Vec<(String, DeliveryId)>,
 }
 
 /// Why a delivery could not be queued.
@@ -671,6 +721,7 @@ impl Dispatcher {
                 .collect(),
             shared: Arc::new(Shared {
                 tracker: TaskTracker::new(),
+                closing: CancellationToken::new(),
                 cancel: CancellationToken::new(),
                 metrics,
                 #[cfg(feature = "journal")]
@@ -708,6 +759,7 @@ impl Dispatcher {
     pub(crate) fn reserve(
         &self,
         msg: &HubMessage,
+        id: DeliveryId,
         only: Option<&[String]>,
     ) -> Result<Reservation, Busy> {
         let mut routes = Vec::new();
@@ -717,11 +769,18 @@ impl Dispatcher {
             }
             let queue = &self.queues[i];
             // Dropping `routes` on the way out gives back what was taken.
-            let slot = queue
-                .slots
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Busy::Full(queue.route.name().to_owned()))?;
+            let slot = match queue.slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                // Full, but a delivery of this key waits: this one will replace it and
+                // take over its place. (Never for `Coalesce::Off`: keys are unique.)
+                Err(_)
+                    if queue.route.coalesce != Coalesce::Off
+                        && queue.has_waiting(&queue.route.coalesce.key(msg, id)) =>
+                {
+                    None
+                }
+                Err(_) => return Err(Busy::Full(queue.route.name().to_owned())),
+            };
             routes.push((i, slot));
         }
         Ok(Reservation { routes })
@@ -739,11 +798,48 @@ impl Dispatcher {
         for i in self.matching(msg, only) {
             let slot = tokio::select! {
                 slot = self.queues[i].slots.clone().acquire_owned() => slot.ok()?,
-                () = self.shared.cancel.cancelled() => return None,
+                () = self.shared.closing.cancelled() => return None,
             };
-            routes.push((i, slot));
+            routes.push((i, Some(slot)));
         }
         Some(Reservation { routes })
+    }
+
+    /// For deliveries left unfinished by a previous process (oldest first, each with the
+    /// handlers it still owes): which handlers each should run, and for which a newer one
+    /// of the same coalescing key supersedes it. Latest wins across a restart too.
+    #[cfg_attr(not(feature = "journal"), allow(dead_code))]
+    pub(crate) fn plan_recovery(
+        &self,
+        owed: &[(DeliveryId, &HubMessage, &[String])],
+    ) -> Vec<Resume> {
+        let queue_of = |name: &str| self.queues.iter().position(|q| q.route.name() == name);
+        let mut newest: HashMap<(usize, String), DeliveryId> = HashMap::new();
+        for (id, msg, handlers) in owed {
+            for i in handlers.iter().filter_map(|h| queue_of(h)) {
+                let key = self.queues[i].route.coalesce.key(msg, *id);
+                let entry = newest.entry((i, key)).or_insert(*id);
+                *entry = (*entry).max(*id);
+            }
+        }
+        owed.iter()
+            .map(|(id, msg, handlers)| {
+                let (mut run, mut superseded) = (Vec::new(), Vec::new());
+                for name in handlers.iter() {
+                    let Some(i) = queue_of(name) else {
+                        // Not configured any more: the caller records that.
+                        run.push(name.clone());
+                        continue;
+                    };
+                    let key = self.queues[i].route.coalesce.key(msg, *id);
+                    match newest.get(&(i, key)) {
+                        Some(by) if by > id => superseded.push((name.clone(), *by)),
+                        _ => run.push(name.clone()),
+                    }
+                }
+                Resume { run, superseded }
+            })
+            .collect()
     }
 
     /// The names of the handlers a reservation is for.
@@ -778,7 +874,7 @@ impl Dispatcher {
         for (i, slot) in reservation.routes {
             let job = Job {
                 delivery: delivery.clone(),
-                _slot: slot,
+                slot,
             };
             self.queues[i].enqueue(&self.shared, job);
         }
@@ -791,6 +887,7 @@ impl Dispatcher {
     /// finished in time.
     pub(crate) async fn shutdown(&self, grace: Duration) -> bool {
         self.shared.tracker.close();
+        self.shared.closing.cancel();
         let waiting: usize = self.queues.iter().map(|q| q.close()).sum();
         if waiting > 0 {
             #[cfg(feature = "journal")]
@@ -822,9 +919,14 @@ impl Dispatcher {
         }
         #[cfg(feature = "journal")]
         if let Some(journal) = &self.shared.journal {
-            // What the runs recorded is on disk before the process goes.
-            if let Err(e) = journal.sync().await {
-                tracing::error!(error = %e, "the journal could not be synced at shutdown");
+            // What the runs recorded is on disk before the process goes (a stalled disk
+            // does not hold the exit: the next start runs those deliveries again).
+            match tokio::time::timeout(Duration::from_secs(5), journal.sync()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "the journal could not be synced at shutdown")
+                }
+                Err(_) => tracing::error!("the journal did not sync within 5 s of shutdown"),
             }
         }
         finished

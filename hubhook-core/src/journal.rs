@@ -22,7 +22,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
-use crate::dispatch::Settled;
 use crate::handler::{DeliveryId, HandlerError, Outcome};
 use crate::metrics::write_histogram;
 
@@ -85,7 +84,8 @@ enum Op {
         done: oneshot::Sender<Result<(), String>>,
     },
     Run(RunRecord),
-    Finish(DeliveryId, &'static str, i64),
+    /// Every handler of the delivery has a final attempt: set its status from them.
+    Finish(DeliveryId, i64),
     /// Runs on the writer's connection after the batch before it has committed, so it
     /// sees every write sent before it.
     Read(Box<dyn FnOnce(&mut Connection) + Send>),
@@ -150,10 +150,11 @@ impl Journal {
             reason: e.to_string(),
         };
         let lock_file = lock_path(&path);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        let mut lock_options = File::options();
+        lock_options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut lock_options, 0o600);
+        let lock = lock_options
             .open(&lock_file)
             .map_err(|e| fail(&format_args!("{}: {e}", lock_file.display())))?;
         lock.try_lock().map_err(|e| match e {
@@ -162,6 +163,19 @@ impl Journal {
             }
             std::fs::TryLockError::Error(e) => fail(&format_args!("{}: {e}", lock_file.display())),
         })?;
+        // The journal holds every payload: readable by its owner only. (SQLite gives the
+        // -wal and -shm files the database file's mode.)
+        if !path.exists() {
+            let mut options = File::options();
+            options.create_new(true).write(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            if let Err(e) = options.open(&path) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(fail(&e));
+                }
+            }
+        }
         let conn = Connection::open(&path).map_err(|e| fail(&e))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -318,15 +332,12 @@ impl Journal {
         }
     }
 
-    /// Marks `delivery` finished: every handler has settled.
-    pub(crate) fn finish(&self, delivery: DeliveryId, how: Settled) {
-        let status = match how {
-            Settled::Ok => "ok",
-            Settled::Failed => "failed",
-            Settled::Superseded => "superseded",
-        };
+    /// Marks `delivery` finished: every handler has settled. Its status comes from the
+    /// final attempts on record: `failed` if any failed, else `superseded` if any was,
+    /// else `ok`.
+    pub(crate) fn finish(&self, delivery: DeliveryId) {
         if self
-            .send(Op::Finish(delivery, status, millis(SystemTime::now())))
+            .send(Op::Finish(delivery, millis(SystemTime::now())))
             .is_err()
         {
             tracing::error!(%delivery, "the journal is closed: a finished delivery was not recorded");
@@ -387,7 +398,10 @@ impl Journal {
         keep: Option<Duration>,
         keep_deliveries: Option<u64>,
     ) -> Result<usize, JournalError> {
-        let cutoff = keep.map(|keep| millis(SystemTime::now()) - keep.as_millis() as i64);
+        // A `keep` longer than the epoch's age keeps everything.
+        let cutoff = keep.and_then(|keep| {
+            millis(SystemTime::now()).checked_sub(i64::try_from(keep.as_millis()).ok()?)
+        });
         // The newest delivery past the count limit: it and everything older may go.
         let edge: Option<String> = match keep_deliveries {
             None => None,
@@ -494,8 +508,9 @@ fn lines(text: &str) -> Vec<String> {
 /// of attempt and finish records only lingers up to [`LINGER`] for one, so a webhook's
 /// records usually share the next webhook's fsync instead of taking one of their own.
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
-    let mut batch: Vec<Op> = Vec::new();
+    let mut waiting: Vec<Op> = Vec::new();
     let mut lingering_since: Option<Instant> = None;
+    let mut closed = false;
     // Orders a delivery's history; the writer is the only one writing it.
     let mut seq: i64 = conn
         .query_row("SELECT coalesce(max(seq), 0) FROM runs", [], |row| {
@@ -504,33 +519,32 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
         .unwrap_or(0);
     loop {
         let next = match lingering_since {
+            _ if closed => Err(mpsc::RecvTimeoutError::Disconnected),
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             Some(since) => rx.recv_timeout(LINGER.saturating_sub(since.elapsed())),
         };
         match next {
-            Ok(op) => batch.push(op),
+            Ok(op) => waiting.push(op),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) if batch.is_empty() => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) if waiting.is_empty() => return,
             // The journal is gone: write what is left, then stop.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                lingering_since = Some(Instant::now() - LINGER)
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
         }
-        while batch.len() < MAX_BATCH {
+        while waiting.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => waiting.push(op),
                 Err(_) => break,
             }
         }
-        let urgent = batch
+        let urgent = waiting
             .iter()
             .any(|op| matches!(op, Op::Append { .. } | Op::Read(_)));
         let since = *lingering_since.get_or_insert_with(Instant::now);
-        if !urgent && since.elapsed() < LINGER && batch.len() < MAX_BATCH {
+        if !urgent && !closed && since.elapsed() < LINGER && waiting.len() < MAX_BATCH {
             continue;
         }
         lingering_since = None;
-        let batch = std::mem::take(&mut batch);
+        let batch = std::mem::take(&mut waiting);
         let started = Instant::now();
         let records = batch.iter().filter(|op| !matches!(op, Op::Read(_))).count() as u64;
         let outcome = if records == 0 {
@@ -559,6 +573,9 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
         if let Err(e) = &outcome {
             tracing::error!(error = %e, "journal commit failed");
         }
+        // Attempts and finishes of a failed commit go into the next one: losing them
+        // would leave deliveries owed that already ran. (Deliveries in it were refused.)
+        let mut retry = Vec::new();
         // Answers go out in order with the writes around them.
         for op in batch {
             match op {
@@ -566,9 +583,18 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
                     let _ = done.send(outcome.clone());
                 }
                 Op::Read(query) => query(&mut conn),
+                op @ (Op::Run(_) | Op::Finish(..)) if outcome.is_err() => retry.push(op),
                 Op::Run(_) | Op::Finish(..) => {}
             }
         }
+        if closed && outcome.is_err() {
+            tracing::error!(
+                records = retry.len(),
+                "the journal is closing and cannot commit: those deliveries run again at the next start"
+            );
+            return;
+        }
+        waiting = retry;
     }
 }
 
@@ -583,18 +609,28 @@ fn commit(conn: &mut Connection, batch: &[Op], seq: &mut i64) -> rusqlite::Resul
                 tag,
                 ..
             } => {
+                // A delivery no handler wanted is finished as it arrives.
+                let now = millis(SystemTime::now());
+                let (status, finished) = if d.pending.is_empty() {
+                    ("unmatched", Some(now))
+                } else {
+                    ("pending", None)
+                };
                 tx.prepare_cached(
-                    "INSERT INTO deliveries (id, received_ms, source, repo, tag, message, handlers)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO deliveries
+                     (id, received_ms, source, repo, tag, message, handlers, status, finished_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?
                 .execute(params![
                     d.id.as_str(),
-                    millis(SystemTime::now()),
+                    now,
                     d.source,
                     repo,
                     tag,
                     d.message,
                     d.pending.join("\n"),
+                    status,
+                    finished,
                 ])?;
             }
             Op::Run(r) => {
@@ -617,17 +653,25 @@ fn commit(conn: &mut Connection, batch: &[Op], seq: &mut i64) -> rusqlite::Resul
                     r.final_,
                 ])?;
             }
-            Op::Finish(id, status, at) => {
-                tx.prepare_cached(
-                    "UPDATE deliveries SET status = ?2, finished_ms = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id.as_str(), status, at])?;
+            Op::Finish(id, at) => {
+                tx.prepare_cached(FINISH)?
+                    .execute(params![id.as_str(), at])?;
             }
             Op::Read(_) => {}
         }
     }
     tx.commit()
 }
+
+/// Sets a delivery's status from its final attempts (the callback's line aside).
+const FINISH: &str = "UPDATE deliveries SET finished_ms = ?2, status = (
+        SELECT CASE
+            WHEN sum(status IN ('failed', 'timeout', 'panic', 'rejected')) > 0 THEN 'failed'
+            WHEN sum(status = 'superseded') > 0 THEN 'superseded'
+            WHEN count(*) > 0 THEN 'ok'
+            ELSE 'failed' END
+        FROM runs WHERE delivery = ?1 AND final = 1 AND handler != 'callback')
+    WHERE id = ?1";
 
 fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Accepted>> {
     let mut stmt = conn.prepare(
@@ -654,15 +698,22 @@ fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Accepted>> {
         let done = settled
             .query_map([&id], |row| row.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
+        let pending: Vec<String> = handlers
+            .lines()
+            .filter(|h| !done.iter().any(|d| d == h))
+            .map(str::to_owned)
+            .collect();
+        if pending.is_empty() {
+            // Every handler settled before the process stopped, the finish did not
+            // make it: finish it now instead of running anything.
+            conn.execute(FINISH, params![id, millis(SystemTime::now())])?;
+            continue;
+        }
         list.push(Accepted {
             id: parsed,
             source,
             message,
-            pending: handlers
-                .lines()
-                .filter(|h| !done.iter().any(|d| d == h))
-                .map(str::to_owned)
-                .collect(),
+            pending,
         });
     }
     Ok(list)
@@ -939,7 +990,7 @@ mod tests {
             &Err(HandlerError::Failed("x".into())),
             true,
         );
-        journal.finish(b.id, Settled::Failed);
+        journal.finish(b.id);
         let left = journal.unfinished().await.expect("unfinished");
         assert_eq!(left.len(), 1, "{left:?}");
         assert_eq!(left[0].id, a.id);
@@ -1030,7 +1081,7 @@ mod tests {
                 &Ok(Outcome::default()),
                 true,
             );
-            journal.finish(*id, Settled::Ok);
+            journal.finish(*id);
         }
         // Keep 2 finished: ids[0] and ids[1] go, ids[4] (unfinished) stays.
         assert_eq!(journal.prune(None, Some(2)).await.expect("prune"), 2);

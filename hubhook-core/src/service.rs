@@ -447,7 +447,7 @@ impl HubhookService {
         let dispatcher = &self.inner.dispatcher;
         let delivery = DeliveryId::generate();
         let (repo, tag) = (msg.repo(), msg.tag());
-        let reservation = match dispatcher.reserve(&msg, only) {
+        let reservation = match dispatcher.reserve(&msg, delivery, only) {
             Ok(reservation) => reservation,
             Err(busy) => {
                 let (reason, handler) = match &busy {
@@ -461,22 +461,50 @@ impl HubhookService {
         // Durable before the answer: the only wait on the request path, shared with
         // every request in flight (group commit).
         #[cfg(feature = "journal")]
-        if let Some(journal) = &dispatcher.shared.journal {
+        if let Some(journal) = dispatcher.shared.journal.clone() {
             let record = crate::journal::Accepted {
                 id: delivery,
                 source: msg.source.clone(),
                 message: serde_json::to_string(&msg).unwrap_or_default(),
                 pending: dispatcher.names(&reservation),
             };
-            if let Err(e) = journal.append(record, repo, tag).await {
-                tracing::error!(error = %e, repo, tag, "refused a delivery with 503: the journal failed");
-                return Err("the journal is unavailable");
-            }
+            let (repo, tag) = (repo.to_owned(), tag.to_owned());
+            // Once the append is sent, the delivery must start even if this request is
+            // dropped meanwhile (a client gone, a stream reset): a journaled delivery
+            // left unstarted would only run at the next start, after newer ones.
+            let service = self.clone();
+            let appended = tokio::spawn(async move {
+                match journal.append(record, &repo, &tag).await {
+                    Ok(()) => {
+                        service.launch(reservation, msg, delivery);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, repo, tag, "refused a delivery with 503: the journal failed");
+                        Err("the journal is unavailable")
+                    }
+                }
+            });
+            return match appended.await {
+                Ok(Ok(())) => Ok(delivery),
+                Ok(Err(reason)) => Err(reason),
+                Err(_) => Err("the journal is unavailable"),
+            };
         }
-        tracing::info!(%delivery, source = %msg.source, repo, tag, "accepted a delivery");
-        dispatcher.start(reservation, msg, delivery);
-        self.inner.metrics.record_accepted();
+        self.launch(reservation, msg, delivery);
         Ok(delivery)
+    }
+
+    /// Hands an accepted (and journaled) delivery to its handlers' queues.
+    fn launch(
+        &self,
+        reservation: crate::dispatch::Reservation,
+        msg: crate::HubMessage,
+        delivery: DeliveryId,
+    ) {
+        tracing::info!(%delivery, source = %msg.source, repo = msg.repo(), tag = msg.tag(), "accepted a delivery");
+        self.inner.dispatcher.start(reservation, msg, delivery);
+        self.inner.metrics.record_accepted();
     }
 
     fn too_large(&self) -> Response<Full<Bytes>> {
@@ -496,41 +524,70 @@ impl HubhookService {
         let Some(journal) = &dispatcher.shared.journal else {
             return Ok(0);
         };
-        let mut resumed = 0;
+        let now = std::time::SystemTime::now;
+        let mut owed = Vec::new();
         for delivery in journal.unfinished().await? {
-            let msg = match crate::HubMessage::from_serialized(delivery.message.as_bytes()) {
-                Ok(msg) => msg,
+            match crate::HubMessage::from_serialized(delivery.message.as_bytes()) {
+                Ok(msg) => owed.push((delivery, msg)),
                 Err(e) => {
                     tracing::error!(delivery = %delivery.id, error = %e, "cannot resume a journaled delivery");
-                    journal.finish(delivery.id, crate::dispatch::Settled::Failed);
-                    continue;
+                    journal.record(
+                        delivery.id,
+                        "recovery",
+                        0,
+                        now(),
+                        "failed",
+                        format!("the journaled message cannot be read: {e}"),
+                        true,
+                    );
+                    journal.finish(delivery.id);
                 }
-            };
+            }
+        }
+        // Latest wins across a restart too: of several unfinished deliveries with one
+        // coalescing key, only the newest runs.
+        let plan = dispatcher.plan_recovery(
+            &owed
+                .iter()
+                .map(|(d, msg)| (d.id, msg, d.pending.as_slice()))
+                .collect::<Vec<_>>(),
+        );
+        let mut resumed = 0;
+        for ((delivery, msg), crate::dispatch::Resume { run, superseded }) in
+            owed.into_iter().zip(plan)
+        {
+            for (handler, by) in &superseded {
+                journal.record_run(
+                    delivery.id,
+                    handler,
+                    0,
+                    now(),
+                    &Err(crate::HandlerError::Superseded(*by)),
+                    true,
+                );
+            }
             // Wait for room rather than drop anything.
-            let Some(reservation) = dispatcher
-                .reserve_waiting(&msg, Some(&delivery.pending))
-                .await
-            else {
+            let Some(reservation) = dispatcher.reserve_waiting(&msg, Some(&run)).await else {
                 break;
             };
-            let owed = dispatcher.names(&reservation);
-            for gone in delivery.pending.iter().filter(|h| !owed.contains(h)) {
+            let starting = dispatcher.names(&reservation);
+            for gone in run.iter().filter(|h| !starting.contains(h)) {
                 // A handler removed from the configuration since: nothing can run it.
                 journal.record(
                     delivery.id,
                     gone,
                     0,
-                    std::time::SystemTime::now(),
+                    now(),
                     "rejected",
                     "the handler is no longer configured".into(),
                     true,
                 );
             }
-            if owed.is_empty() {
-                journal.finish(delivery.id, crate::dispatch::Settled::Failed);
+            if starting.is_empty() {
+                journal.finish(delivery.id);
                 continue;
             }
-            tracing::info!(delivery = %delivery.id, handlers = owed.len(), "resuming an unfinished delivery");
+            tracing::info!(delivery = %delivery.id, handlers = starting.len(), "resuming an unfinished delivery");
             dispatcher.start(reservation, msg, delivery.id);
             resumed += 1;
         }

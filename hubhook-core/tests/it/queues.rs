@@ -200,6 +200,44 @@ async fn max_concurrency_and_a_full_queue() {
 }
 
 #[tokio::test]
+async fn a_full_queue_still_takes_a_push_that_replaces_a_waiting_one() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (probe, mut runs) = Probe::new("deploy", Behave::Gate(gate.clone()));
+    let service = HubhookService::builder()
+        .api_key(KEY)
+        .route(Route::new(probe).max_queued(2))
+        .build()
+        .expect("service");
+    let server = TestServer::start(service, Transport::Plain).await;
+    assert_eq!(
+        server
+            .post(&hook(), &[], &payload("latest", "p1"))
+            .await
+            .status,
+        202
+    );
+    assert_eq!(next(&mut runs).await.pusher, "p1");
+    assert_eq!(
+        server
+            .post(&hook(), &[], &payload("latest", "p2"))
+            .await
+            .status,
+        202
+    );
+    // Both places are taken (p1 runs, p2 waits); p3 and p4 replace the waiting one.
+    for pusher in ["p3", "p4"] {
+        let r = server.post(&hook(), &[], &payload("latest", pusher)).await;
+        assert_eq!(r.status, 202, "{pusher}: {}", r.body);
+    }
+    let other = server.post(&hook(), &[], &payload("v2", "other")).await;
+    assert_eq!(other.status, 503, "another key needs a place of its own");
+    gate.add_permits(10);
+    assert_eq!(next(&mut runs).await.pusher, "p4");
+    quiet(&mut runs, "nothing else runs").await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_failing_handler_is_retried_with_a_growing_backoff() {
     let (probe, mut runs) = Probe::new("flaky", Behave::FailUntil(2));
     let service = HubhookService::builder()
@@ -355,6 +393,122 @@ mod journaled {
             failures.iter().any(|s| s.id.as_str() == failed["delivery"]),
             "{failures:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn every_journaled_delivery_runs_even_when_its_request_is_dropped() {
+        let path = journal_path("dropped");
+        let (recorder, mut ran) = Recorder::new("recorder");
+        let service = HubhookService::builder()
+            .api_key(KEY)
+            .journal(Journal::open(&path).expect("journal"))
+            .route(
+                Route::new(recorder)
+                    .coalesce(Coalesce::Off)
+                    .max_concurrency(64),
+            )
+            .build()
+            .expect("service");
+        // Requests given from 0 to 400 µs: many are dropped while their delivery is
+        // being committed.
+        for i in 0..60u64 {
+            let request = http::Request::post(format!("/hubhook?apikey={KEY}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(payload(
+                    "latest",
+                    &format!("p{i}"),
+                ))))
+                .expect("request");
+            let _ =
+                tokio::time::timeout(Duration::from_micros(i * 7), service.respond(request)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(service.shutdown(Duration::from_secs(5)).await);
+        let history = History::open(&path).expect("history");
+        let journaled = history.list(&Filter::new()).expect("list");
+        let mut runs = 0;
+        while ran.try_recv().is_ok() {
+            runs += 1;
+        }
+        assert!(!journaled.is_empty());
+        assert!(
+            journaled.iter().all(|d| d.status == "ok"),
+            "journaled and never started: {:?}",
+            journaled
+                .iter()
+                .filter(|d| d.status != "ok")
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(runs, journaled.len(), "one run per journaled delivery");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_no_handler_wants_is_journaled_finished() {
+        let path = journal_path("unmatched");
+        let (recorder, _ran) = Recorder::new("recorder");
+        let service = HubhookService::builder()
+            .api_key(KEY)
+            .journal(Journal::open(&path).expect("journal"))
+            .route(Route::new(recorder).tag("v*"))
+            .build()
+            .expect("service");
+        let server = TestServer::start(service, Transport::Plain).await;
+        let r = server.post(&hook(), &[], &payload("latest", "me")).await;
+        assert_eq!(r.status, 202);
+        server.stop().await;
+        let history = History::open(&path).expect("history");
+        let list = history.list(&Filter::new()).expect("list");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].status, "unmatched");
+        assert!(list[0].handlers.is_empty());
+        let journal = Journal::open(&path).expect("reopen");
+        assert!(journal.unfinished().await.expect("unfinished").is_empty());
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_only_the_newest_of_one_key_runs() {
+        let path = journal_path("restart-latest");
+        let gate = Arc::new(Semaphore::new(0));
+        let (probe, mut runs) = Probe::new("deploy", Behave::Gate(gate));
+        let service = HubhookService::builder()
+            .api_key(KEY)
+            .journal(Journal::open(&path).expect("journal"))
+            .route(Route::new(probe))
+            .build()
+            .expect("service");
+        let listener = Listener::builder(service)
+            .addr("127.0.0.1:0".parse().expect("addr"))
+            .shutdown_grace(Duration::from_millis(100))
+            .bind()
+            .await
+            .expect("bind");
+        let server = TestServer::from_listener(listener);
+        let old = server
+            .post(&hook(), &[], &payload("latest", "old"))
+            .await
+            .json();
+        assert_eq!(next(&mut runs).await.pusher, "old");
+        let new = server
+            .post(&hook(), &[], &payload("latest", "new"))
+            .await
+            .json();
+        server.stop().await; // "old" is cancelled, "new" never started: both owed
+
+        let (probe, mut runs) = Probe::new("deploy", Behave::FailUntil(0));
+        let service = HubhookService::builder()
+            .api_key(KEY)
+            .journal(Journal::open(&path).expect("journal reopens"))
+            .route(Route::new(probe))
+            .build()
+            .expect("service");
+        assert_eq!(service.recover().await.expect("recover"), 1);
+        let run = next(&mut runs).await;
+        assert_eq!(run.delivery, new["delivery"].as_str().expect("id"));
+        quiet(&mut runs, "the older one does not run after the restart").await;
+        assert!(service.shutdown(Duration::from_secs(5)).await);
+        let history = History::open(&path).expect("history");
+        let id = old["delivery"].as_str().expect("id").parse().expect("id");
+        let (summary, _, _) = history.show(id).expect("show").expect("journaled");
+        assert_eq!(summary.status, "superseded");
     }
 
     #[tokio::test]
