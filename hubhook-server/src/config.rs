@@ -26,6 +26,8 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const MIN_KEY_LEN: usize = 16;
 /// Finished deliveries older than this are pruned from the journal, by default.
 const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 86_400);
+/// The longest `keep_days` (a hundred years); 0 keeps forever.
+const MAX_KEEP_DAYS: u64 = 36_500;
 /// Finished deliveries kept in the journal at most, by default.
 const DEFAULT_KEEP_DELIVERIES: u64 = 10_000;
 /// The only host the callback may reach unless `callback.allow` says otherwise.
@@ -898,8 +900,16 @@ impl Parser<'_> {
                 config.journal = raw.enabled;
                 // 0 means "keep forever".
                 if let Some(days) = raw.keep_days {
-                    config.keep =
-                        (days > 0).then(|| Duration::from_secs(days.saturating_mul(86_400)));
+                    if days > MAX_KEEP_DAYS {
+                        return Err(self.error_at(
+                            value.span(),
+                            "journal.keep_days",
+                            format!(
+                                "{days} is more than {MAX_KEEP_DAYS} days; use 0 to keep forever"
+                            ),
+                        ));
+                    }
+                    config.keep = (days > 0).then(|| Duration::from_secs(days * 86_400));
                 }
                 if let Some(n) = raw.keep_deliveries {
                     config.keep_deliveries = (n > 0).then_some(n);

@@ -16,9 +16,14 @@ fn history(data_dir: &Path) -> Result<History, String> {
     History::open(data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())
 }
 
-/// A time as `2026-11-26T10:02:03Z`.
+/// A time as `2026-11-26T10:02:03Z`; a value outside years 1970 to 9999 (a journal
+/// written by something else) as the raw number.
 fn when(ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    const YEAR_10000_MS: i64 = 253_402_300_800_000;
+    if !(0..YEAR_10000_MS).contains(&ms) {
+        return format!("{ms} ms");
+    }
+    let at = UNIX_EPOCH + Duration::from_millis(ms as u64);
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
@@ -71,7 +76,7 @@ pub(crate) fn show(data_dir: &Path, id: DeliveryId) -> Result<(), String> {
     } else {
         println!("attempts");
         for a in &attempts {
-            let took = Duration::from_millis((a.ended_ms - a.started_ms).max(0) as u64);
+            let took = Duration::from_millis(a.ended_ms.saturating_sub(a.started_ms).max(0) as u64);
             println!(
                 "  {:<16} #{:<2} {:<10} {}  {:>8}  {}{}",
                 a.handler,

@@ -92,8 +92,8 @@ enum Command {
 enum DeliveriesCommand {
     /// List deliveries, newest first.
     List {
-        /// Only this status: pending, ok, failed or superseded.
-        #[arg(long, value_name = "S", value_parser = ["pending", "ok", "failed", "superseded"])]
+        /// Only this status: pending, ok, failed, superseded or unmatched (no handler wanted it).
+        #[arg(long, value_name = "S", value_parser = ["pending", "ok", "failed", "superseded", "unmatched"])]
         status: Option<String>,
         /// Only this repository (namespace/name).
         #[arg(long, value_name = "R")]
@@ -327,6 +327,15 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
                     config.data_dir.display()
                 )
             })?;
+        if let Ok(meta) = std::fs::metadata(&config.data_dir) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    data_dir = %config.data_dir.display(),
+                    "the data dir is readable by other users; the journal holds every payload: chmod 700 it"
+                );
+            }
+        }
         let opened = std::sync::Arc::new(
             Journal::open(config.data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?,
         );
@@ -346,21 +355,12 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         builder = builder.callbacks(callbacks);
     }
     let service = builder.build().map_err(|e| e.to_string())?;
-    let resumed = service.recover().await.map_err(|e| e.to_string())?;
-    if resumed > 0 {
-        tracing::info!(resumed, "resumed deliveries a previous run left unfinished");
-    }
-    // `hubhook deliveries replay` reaches the running server through this socket.
-    let _control = if let Some(journal) = &journal {
-        retention(journal.clone(), config.keep, config.keep_deliveries);
-        Some(control::start(&config.data_dir, service.clone())?)
-    } else {
-        None
-    };
     let handlers = service.handler_names();
     let hooks = service.hooks();
 
-    let mut listener = Listener::builder(service)
+    // Everything that can fail at start (the port, the certificate, the socket) comes
+    // before any handler runs: a failed start must not cut a recovered deploy short.
+    let mut listener = Listener::builder(service.clone())
         .addr(config.listen)
         .header_timeout(config.header_timeout)
         .max_connections(config.max_connections)
@@ -370,6 +370,18 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
             .tls(TlsConfig::from_pem_files(&tls.cert, &tls.key).map_err(|e| e.to_string())?);
     }
     let listener = listener.bind().await.map_err(|e| e.to_string())?;
+    // `hubhook deliveries replay` reaches the running server through this socket.
+    let _control = match &journal {
+        Some(_) => Some(control::start(&config.data_dir, service.clone())?),
+        None => None,
+    };
+    let resumed = service.recover().await.map_err(|e| e.to_string())?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed deliveries a previous run left unfinished");
+    }
+    if let Some(journal) = &journal {
+        retention(journal.clone(), config.keep, config.keep_deliveries);
+    }
     let scheme = if listener.is_tls() { "https" } else { "http" };
     let addr = listener.local_addr();
     let more_hooks = if hooks.len() > 1 {

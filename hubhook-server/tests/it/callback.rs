@@ -141,7 +141,7 @@ fn callbacks_go_to_allowed_hosts_only_with_the_documented_json() {
         json,
         serde_json::json!({
             "state": "success",
-            "description": "audit: logged svendowideit/testhook:latest",
+            "description": "audit: ok",
             "context": "hubhook",
             "target_url": "https://blog.example.com/"
         })

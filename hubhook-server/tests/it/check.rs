@@ -93,6 +93,10 @@ fn broken_files_name_file_line_and_key() {
             "error: hubhook.toml:4: journal.keep_weeks: unknown field `keep_weeks`",
         ),
         (
+            format!("{AUTH}\n[journal]\nkeep_days = 9223372036854775807\n"),
+            "error: hubhook.toml:4: journal.keep_days: 9223372036854775807 is more than 36500 days; use 0 to keep forever",
+        ),
+        (
             format!("{AUTH}\n[callback]\nenabled = true\nallow = [\"*.docker.com\"]\n"),
             "error: hubhook.toml:4: callback.allow: \"*.docker.com\" is not a host name",
         ),
