@@ -307,21 +307,24 @@ pub(crate) struct Delivery {
     remaining: std::sync::atomic::AtomicUsize,
     failed: std::sync::atomic::AtomicBool,
     superseded: std::sync::atomic::AtomicBool,
-    /// One line per handler, for the callback's description.
+    /// One line per handler, for the callback's description (kept only when callbacks
+    /// are on).
     notes: Mutex<Vec<String>>,
 }
 
 impl Delivery {
     /// Records one handler's end; the last one finishes the delivery.
-    fn settle(&self, shared: &Shared, handler: &str, how: Settled, note: String) {
+    fn settle(&self, shared: &Shared, handler: &str, how: Settled, note: &'static str) {
         use std::sync::atomic::Ordering;
         match how {
             Settled::Failed => self.failed.store(true, Ordering::Relaxed),
             Settled::Superseded => self.superseded.store(true, Ordering::Relaxed),
             Settled::Ok => {}
         }
-        if let Ok(mut notes) = self.notes.lock() {
-            notes.push(format!("{handler}: {note}"));
+        if shared.wants_notes() {
+            if let Ok(mut notes) = self.notes.lock() {
+                notes.push(format!("{handler}: {note}"));
+            }
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
@@ -358,6 +361,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether anything reads a delivery's notes (the callback does).
+    fn wants_notes(&self) -> bool {
+        #[cfg(feature = "callback")]
+        return self.callbacks.is_some();
+        #[cfg(not(feature = "callback"))]
+        false
+    }
+
     /// Every handler of `delivery` has settled.
     #[allow(unused_variables)]
     fn finished(&self, delivery: &Delivery, status: Settled, notes: Vec<String>) {
@@ -549,7 +560,7 @@ impl Queue {
             );
         }
         tracing::info!(handler = name, delivery = %delivery.id, by = %by, "superseded by a newer delivery");
-        delivery.settle(shared, name, Settled::Superseded, "superseded".to_owned());
+        delivery.settle(shared, name, Settled::Superseded, "superseded");
     }
 
     fn spawn(self: &Arc<Self>, shared: &Arc<Shared>, key: String, job: Job) {
@@ -644,7 +655,7 @@ impl Queue {
                     Err(HandlerError::Rejected(_)) => (Settled::Failed, "rejected"),
                     Err(_) => (Settled::Failed, "failed"),
                 };
-                delivery.settle(shared, name, how, note.to_owned());
+                delivery.settle(shared, name, how, note);
                 return;
             }
             let wait = route.delay(attempt, jitter());
@@ -689,6 +700,7 @@ pub(crate) struct Reservation {
 
 /// What recovery does with one unfinished delivery.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "journal"), allow(dead_code))]
 pub(crate) struct Resume {
     /// Handlers to run it.
     pub(crate) run: Vec<String>,
@@ -733,7 +745,6 @@ impl Dispatcher {
     }
 
     /// Mutable access to the shared parts, before the first delivery.
-    #[allow(dead_code)]
     pub(crate) fn shared_mut(&mut self) -> Option<&mut Shared> {
         Arc::get_mut(&mut self.shared)
     }
@@ -753,17 +764,11 @@ impl Dispatcher {
         })
     }
 
-    /// Takes a place in the queue of each handler that wants `msg` (of those named in
-    /// `only`, when given): in every one or in none, so a refused delivery leaves nothing
-    /// behind.
-    pub(crate) fn reserve(
-        &self,
-        msg: &HubMessage,
-        id: DeliveryId,
-        only: Option<&[String]>,
-    ) -> Result<Reservation, Busy> {
+    /// Takes a place in the queue of each handler that wants `msg` (delivery `id`): in
+    /// every one or in none, so a refused delivery leaves nothing behind.
+    pub(crate) fn reserve(&self, msg: &HubMessage, id: DeliveryId) -> Result<Reservation, Busy> {
         let mut routes = Vec::new();
-        for i in self.matching(msg, only) {
+        for i in self.matching(msg, None) {
             if self.shared.tracker.is_closed() {
                 return Err(Busy::Closed);
             }

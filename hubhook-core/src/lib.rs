@@ -62,7 +62,7 @@
 //! | body slower than the read timeout | 408 |
 //! | other method on the hook path | 405 with `Allow: POST` |
 //! | unknown path | 404 |
-//! | shutting down, or too many runs pending | 503 with `Retry-After` |
+//! | shutting down, or a handler's queue full | 503 with `Retry-After` |
 //! | `GET /healthz` | 200, no key needed |
 //! | `GET /metrics` | Prometheus text format, no key needed |
 //!
@@ -77,8 +77,16 @@
 //! - `plugin`: handler plugins as dynamic libraries, through a small C ABI: load them with
 //!   [`plugin::PluginHandler`], write them in Rust with [`export_plugin!`] (see
 //!   `docs/PLUGINS.md`).
+//! - `journal`: the durable delivery journal ([`journal::Journal`], SQLite): every
+//!   accepted delivery on disk before its 2xx, every attempt recorded, unfinished
+//!   deliveries resumed by [`HubhookService::recover`], history read by
+//!   [`journal::History`].
 //! - `callback`: answer Docker Hub's `callback_url` over HTTPS, to allowlisted hosts only
 //!   ([`callback::Callbacks`]).
+//!
+//! Every handler has a queue ([`Route`]): one run per coalescing key ([`Coalesce`]) at a
+//! time, latest wins, `max_concurrency`, `max_queued`, a timeout and retries with
+//! jittered exponential backoff.
 
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

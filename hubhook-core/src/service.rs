@@ -415,7 +415,7 @@ impl HubhookService {
             if event.as_deref().is_some_and(|id| state.recent.seen(id)) {
                 continue;
             }
-            let delivery = match self.accept(msg, None).await {
+            let delivery = match self.accept(msg).await {
                 Ok(delivery) => delivery,
                 Err(reason) => return unavailable(reason),
             };
@@ -437,17 +437,12 @@ impl HubhookService {
         text(StatusCode::ACCEPTED, "application/json", body.to_string())
     }
 
-    /// Queues `msg` for its handlers (those named in `only`, when given) under a new
-    /// delivery id, journaled first when there is a journal. `Err` is the reason for a 503.
-    async fn accept(
-        &self,
-        msg: crate::HubMessage,
-        only: Option<&[String]>,
-    ) -> Result<DeliveryId, &'static str> {
+    /// Queues `msg` for the handlers that want it under a new delivery id, journaled first when there is a journal. `Err` is the reason for a 503.
+    async fn accept(&self, msg: crate::HubMessage) -> Result<DeliveryId, &'static str> {
         let dispatcher = &self.inner.dispatcher;
         let delivery = DeliveryId::generate();
         let (repo, tag) = (msg.repo(), msg.tag());
-        let reservation = match dispatcher.reserve(&msg, delivery, only) {
+        let reservation = match dispatcher.reserve(&msg, delivery) {
             Ok(reservation) => reservation,
             Err(busy) => {
                 let (reason, handler) = match &busy {
@@ -611,7 +606,7 @@ impl HubhookService {
         if self.inner.draining.load(Ordering::Acquire) {
             return Err(ReplayError::Busy("shutting down"));
         }
-        let delivery = self.accept(msg, None).await.map_err(ReplayError::Busy)?;
+        let delivery = self.accept(msg).await.map_err(ReplayError::Busy)?;
         tracing::info!(%delivery, replay_of = %id, "replaying a delivery");
         Ok(delivery)
     }

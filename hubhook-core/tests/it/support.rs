@@ -97,15 +97,10 @@ impl TestServer {
             0,
             "the bound port is reported"
         );
-        let handle = listener.shutdown_handle();
-        let addr = listener.local_addr();
-        Self {
-            addr,
-            transport,
-            cert,
-            handle,
-            task: Some(tokio::spawn(listener.serve())),
-        }
+        let mut server = Self::from_listener(listener);
+        server.transport = transport;
+        server.cert = cert;
+        server
     }
 
     /// Serves a listener the test built itself (plain HTTP).
