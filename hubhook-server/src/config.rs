@@ -544,17 +544,7 @@ impl Parser<'_> {
     ) -> Result<HandlerSpec, ConfigError> {
         let key = |k: &str| format!("handler[{index}].{k}");
         let mut rest = table.get_ref().clone();
-        let mut take_string = |k: &str| -> Result<Option<String>, ConfigError> {
-            match rest.remove(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s)),
-                Some(other) => Err(self.error_at(
-                    self.key_span(table, k),
-                    &key(k),
-                    format!("must be a string, not {}", other.type_str()),
-                )),
-            }
-        };
+        let mut take_string = |k: &str| self.take_string(index, table, &mut rest, k);
         let Some(kind) = take_string("type")? else {
             return Err(self.error_at(
                 table.span(),
@@ -949,17 +939,7 @@ impl Parser<'_> {
         let max_concurrency = count("max_concurrency", 1, 1024)?.map(|n| n as usize);
         let max_queued = count("max_queued", 1, 1_000_000)?.map(|n| n as usize);
         let retries = count("retries", 0, 100)?.map(|n| n as u32);
-        let mut text = |k: &str| -> Result<Option<String>, ConfigError> {
-            match rest.remove(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s)),
-                Some(other) => Err(self.error_at(
-                    self.key_span(table, k),
-                    &key(k),
-                    format!("must be a string, not {}", other.type_str()),
-                )),
-            }
-        };
+        let mut text = |k: &str| self.take_string(index, table, rest, k);
         let coalesce = text("coalesce")?
             .map(|c| match c.as_str() {
                 "repo+tag" => Ok(hubhook_core::Coalesce::RepoTag),
@@ -1016,6 +996,25 @@ impl Parser<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// Takes the string key `k` out of handler table `index`'s remaining keys.
+    fn take_string(
+        &self,
+        index: usize,
+        table: &Spanned<toml::Table>,
+        rest: &mut toml::Table,
+        k: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        match rest.remove(k) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.error_at(
+                self.key_span(table, k),
+                &format!("handler[{index}].{k}"),
+                format!("must be a string, not {}", other.type_str()),
+            )),
+        }
     }
 
     /// A duration from a handler table's `name` key (`full` names it in errors).

@@ -319,6 +319,23 @@ mod journaled {
 
     use super::*;
 
+    /// A server journaling to `path` with one route and the given shutdown grace.
+    async fn journaled(path: &std::path::Path, route: Route, grace: Duration) -> TestServer {
+        let service = HubhookService::builder()
+            .api_key(KEY)
+            .journal(Journal::open(path).expect("journal"))
+            .route(route)
+            .build()
+            .expect("service");
+        let listener = Listener::builder(service)
+            .addr("127.0.0.1:0".parse().expect("addr"))
+            .shutdown_grace(grace)
+            .bind()
+            .await
+            .expect("bind");
+        TestServer::from_listener(listener)
+    }
+
     fn journal_path(name: &str) -> std::path::PathBuf {
         let dir =
             std::env::temp_dir().join(format!("hubhook-queues-{name}-{}", std::process::id()));
@@ -469,19 +486,7 @@ mod journaled {
         let path = journal_path("restart-latest");
         let gate = Arc::new(Semaphore::new(0));
         let (probe, mut runs) = Probe::new("deploy", Behave::Gate(gate));
-        let service = HubhookService::builder()
-            .api_key(KEY)
-            .journal(Journal::open(&path).expect("journal"))
-            .route(Route::new(probe))
-            .build()
-            .expect("service");
-        let listener = Listener::builder(service)
-            .addr("127.0.0.1:0".parse().expect("addr"))
-            .shutdown_grace(Duration::from_millis(100))
-            .bind()
-            .await
-            .expect("bind");
-        let server = TestServer::from_listener(listener);
+        let server = journaled(&path, Route::new(probe), Duration::from_millis(100)).await;
         let old = server
             .post(&hook(), &[], &payload("latest", "old"))
             .await
@@ -516,19 +521,8 @@ mod journaled {
         let path = journal_path("shutdown");
         let gate = Arc::new(Semaphore::new(0));
         let (probe, mut runs) = Probe::new("deploy", Behave::Gate(gate.clone()));
-        let service = HubhookService::builder()
-            .api_key(KEY)
-            .journal(Journal::open(&path).expect("journal"))
-            .route(Route::new(probe).max_concurrency(1))
-            .build()
-            .expect("service");
-        let listener = Listener::builder(service)
-            .addr("127.0.0.1:0".parse().expect("addr"))
-            .shutdown_grace(Duration::from_millis(300))
-            .bind()
-            .await
-            .expect("bind");
-        let server = TestServer::from_listener(listener);
+        let route = Route::new(probe).max_concurrency(1);
+        let server = journaled(&path, route, Duration::from_millis(300)).await;
         let running = server
             .post(&hook(), &[], &payload("v1", "running"))
             .await
