@@ -13,9 +13,16 @@ pub(crate) const KEY_FILE: &str = "api-key";
 
 /// A new random key: 256 bits, base64url without padding (43 characters, URL-safe).
 pub(crate) fn generate() -> io::Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    loop {
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes).map_err(|e| io::Error::other(e.to_string()))?;
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        // One key in 32 would start with '-' or '_': a '-' reads as an option on a
+        // command line (`hubhook send --key -V…`). Draw again; still 256 random bits.
+        if key.starts_with(char::is_alphanumeric) {
+            return Ok(key);
+        }
+    }
 }
 
 /// The key in `data_dir`, made (mode 0600, in a 0700 directory) if there is none yet.
@@ -84,6 +91,14 @@ mod tests {
         assert!(a
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+
+    #[test]
+    fn keys_never_start_like_an_option() {
+        for _ in 0..500 {
+            let key = generate().expect("key");
+            assert!(key.starts_with(char::is_alphanumeric), "{key}");
+        }
     }
 
     #[test]

@@ -80,7 +80,7 @@ enum Command {
         #[arg(long, short, value_name = "PAYLOAD")]
         file: Option<PathBuf>,
         /// Send this key as "Authorization: Bearer" (keeps it out of the URL).
-        #[arg(long, short, value_name = "KEY")]
+        #[arg(long, short, value_name = "KEY", allow_hyphen_values = true)]
         key: Option<String>,
         /// Trust the CA certificates in this PEM file for https URLs (default: the system's).
         #[arg(long, value_name = "PEM")]
