@@ -89,6 +89,8 @@ enum Op {
     /// Runs on the writer's connection after the batch before it has committed, so it
     /// sees every write sent before it.
     Read(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// Forces a commit of everything before it; answered with that commit's outcome.
+    Sync(oneshot::Sender<Result<(), String>>),
 }
 
 struct RunRecord {
@@ -359,9 +361,16 @@ impl Journal {
         }
     }
 
-    /// Waits until everything recorded before this call is committed.
+    /// Waits until everything recorded before this call is committed; an error when
+    /// that commit failed.
     pub async fn sync(&self) -> Result<(), JournalError> {
-        self.read(|_| Ok(())).await
+        let (done, committed) = oneshot::channel();
+        self.send(Op::Sync(done))?;
+        match committed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(JournalError::Write(e)),
+            Err(_) => Err(JournalError::Closed),
+        }
     }
 
     /// Deliveries accepted but not finished, oldest first, with the handlers still owed.
@@ -443,6 +452,14 @@ impl Journal {
                 .await?;
             total += deleted;
             if deleted < PRUNE_CHUNK {
+                // A callback's line can arrive after its delivery was pruned by age.
+                self.read(|conn| {
+                    conn.execute(
+                        "DELETE FROM runs WHERE delivery NOT IN (SELECT id FROM deliveries)",
+                        [],
+                    )
+                })
+                .await?;
                 return Ok(total);
             }
         }
@@ -538,7 +555,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
         }
         let urgent = waiting
             .iter()
-            .any(|op| matches!(op, Op::Append { .. } | Op::Read(_)));
+            .any(|op| matches!(op, Op::Append { .. } | Op::Read(_) | Op::Sync(_)));
         let since = *lingering_since.get_or_insert_with(Instant::now);
         if !urgent && !closed && since.elapsed() < LINGER && waiting.len() < MAX_BATCH {
             continue;
@@ -546,7 +563,10 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
         lingering_since = None;
         let batch = std::mem::take(&mut waiting);
         let started = Instant::now();
-        let records = batch.iter().filter(|op| !matches!(op, Op::Read(_))).count() as u64;
+        let records = batch
+            .iter()
+            .filter(|op| !matches!(op, Op::Read(_) | Op::Sync(_)))
+            .count() as u64;
         let outcome = if records == 0 {
             Ok(())
         } else {
@@ -579,7 +599,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, stats: &Stats) {
         // Answers go out in order with the writes around them.
         for op in batch {
             match op {
-                Op::Append { done, .. } => {
+                Op::Append { done, .. } | Op::Sync(done) => {
                     let _ = done.send(outcome.clone());
                 }
                 Op::Read(query) => query(&mut conn),
@@ -657,7 +677,7 @@ fn commit(conn: &mut Connection, batch: &[Op], seq: &mut i64) -> rusqlite::Resul
                 tx.prepare_cached(FINISH)?
                     .execute(params![id.as_str(), at])?;
             }
-            Op::Read(_) => {}
+            Op::Read(_) | Op::Sync(_) => {}
         }
     }
     tx.commit()
@@ -1099,6 +1119,34 @@ mod tests {
             2
         );
         assert!(journal.get(ids[4]).await.expect("get").is_some());
+
+        // A callback line recorded after its delivery was pruned goes with the next prune.
+        let late = ids[0];
+        journal.record(
+            late,
+            "callback",
+            1,
+            SystemTime::now(),
+            "ok",
+            "answered 200".into(),
+            true,
+        );
+        async fn orphans(journal: &Journal, late: DeliveryId) -> i64 {
+            journal
+                .read(move |conn| {
+                    conn.query_row(
+                        "SELECT count(*) FROM runs WHERE delivery = ?1",
+                        [late.as_str()],
+                        |row| row.get::<_, i64>(0),
+                    )
+                })
+                .await
+                .expect("count")
+        }
+        journal.sync().await.expect("sync");
+        assert_eq!(orphans(&journal, late).await, 1);
+        journal.prune(None, Some(100)).await.expect("prune");
+        assert_eq!(orphans(&journal, late).await, 0);
     }
 
     #[test]
