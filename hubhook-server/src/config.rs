@@ -878,13 +878,7 @@ impl Parser<'_> {
                     table.clone(),
                 ))
                 .map_err(|e| {
-                    let path = e.path().to_string();
-                    let message = e.into_inner().message().trim().to_owned();
-                    let name = if path == "." {
-                        message.split('`').nth(1).unwrap_or("").to_owned()
-                    } else {
-                        path
-                    };
+                    let (name, message) = offending_key(e);
                     self.error_at(value.span(), &format!("journal.{name}"), message)
                 })?;
                 config.journal = raw.enabled;
@@ -973,14 +967,7 @@ impl Parser<'_> {
         rest: toml::Table,
     ) -> Result<T, ConfigError> {
         serde_path_to_error::deserialize(toml::Value::Table(rest)).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner().message().trim().to_owned();
-            // An unknown key has no path yet; serde names it in the message.
-            let name = if path == "." {
-                message.split('`').nth(1).unwrap_or("").to_owned()
-            } else {
-                path
-            };
+            let (name, message) = offending_key(e);
             self.error_at(
                 self.key_span(table, &name),
                 &format!("handler[{index}].{name}"),
@@ -1080,6 +1067,19 @@ impl Parser<'_> {
             .map_or(0, |before| before.matches('\n').count())
             + 1
     }
+}
+
+/// The key a table's deserialization failed on, and serde's message. An unknown key has
+/// no path yet: serde names it in the message.
+fn offending_key(e: serde_path_to_error::Error<toml::de::Error>) -> (String, String) {
+    let path = e.path().to_string();
+    let message = e.into_inner().message().trim().to_owned();
+    let name = if path == "." {
+        message.split('`').nth(1).unwrap_or("").to_owned()
+    } else {
+        path
+    };
+    (name, message)
 }
 
 /// Parses `1048576`, `"512KiB"`, `"1MiB"`, `"2MB"` into bytes.

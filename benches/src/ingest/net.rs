@@ -224,38 +224,34 @@ async fn exchange(
     Ok(status)
 }
 
-/// The status of `GET /healthz` on a fresh connection, or `None` if there is no answer yet.
-pub(crate) async fn healthz(addr: SocketAddr) -> Option<StatusCode> {
-    let probe = async {
-        let mut sender = connect(addr).await.ok()?;
-        let req = Request::get("/healthz")
-            .header(HOST, addr.to_string())
-            .body(Full::default())
-            .ok()?;
-        exchange(&mut sender, req).await.ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), probe)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// The body of `GET /metrics`, or `None` if there is no answer.
-pub(crate) async fn metrics(addr: SocketAddr) -> Option<String> {
+/// `GET path` on a fresh connection within `limit`: the status and the body, or `None`
+/// if there is no answer.
+async fn get(addr: SocketAddr, path: &str, limit: Duration) -> Option<(StatusCode, Bytes)> {
     let get = async {
         let mut sender = connect(addr).await.ok()?;
-        let req = Request::get("/metrics")
+        let req = Request::get(path)
             .header(HOST, addr.to_string())
             .body(Full::default())
             .ok()?;
         let response = sender.send_request(req).await.ok()?;
+        let status = response.status();
         let body = response.into_body().collect().await.ok()?.to_bytes();
-        String::from_utf8(body.to_vec()).ok()
+        Some((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(5), get)
+    tokio::time::timeout(limit, get).await.ok().flatten()
+}
+
+/// The status of `GET /healthz` on a fresh connection, or `None` if there is no answer yet.
+pub(crate) async fn healthz(addr: SocketAddr) -> Option<StatusCode> {
+    get(addr, "/healthz", Duration::from_secs(2))
         .await
-        .ok()
-        .flatten()
+        .map(|(status, _)| status)
+}
+
+/// The body of `GET /metrics`, or `None` if there is no answer.
+pub(crate) async fn metrics(addr: SocketAddr) -> Option<String> {
+    let (_, body) = get(addr, "/metrics", Duration::from_secs(5)).await?;
+    String::from_utf8(body.to_vec()).ok()
 }
 
 /// `ingest --bare-server PORT`: reads each request's body and answers 200 with an empty
