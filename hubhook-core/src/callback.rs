@@ -24,6 +24,8 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
+use crate::observe::{AttemptFinished, DeliveryStatus, Observer, RunStatus, Settled};
+
 const MAX_DESCRIPTION: usize = 255;
 const MAX_CONTEXT: usize = 100;
 const MAX_RESPONSE_BUFFER: usize = 64 * 1024;
@@ -444,48 +446,64 @@ impl CallbackBody {
     }
 }
 
-/// Called by the dispatcher once every handler of `delivery` has settled: POSTs the outcome to
-/// the message's `callback_url`, if it has one, in a tracked task (shutdown waits for it, and
-/// the timeout bounds it), and records the result in the journal as handler `callback`.
-pub(crate) fn after_delivery(
-    callbacks: &Arc<Callbacks>,
-    tracker: &tokio_util::task::TaskTracker,
-    #[cfg(feature = "journal")] journal: Option<Arc<crate::journal::Journal>>,
-    delivery: &crate::dispatch::Delivery,
-    status: crate::dispatch::Settled,
-    notes: Vec<String>,
-) {
-    use crate::dispatch::Settled;
-    let Some(url) = delivery.msg.callback_url.clone() else {
-        return;
-    };
-    let state = match status {
-        Settled::Ok => CallbackState::Success,
-        Settled::Failed => CallbackState::Failure,
-        // Nothing failed, but a newer push replaced this one: it was not deployed.
-        Settled::Superseded => CallbackState::Error,
-    };
-    let body = CallbackBody::new(state, notes.join("; "), "hubhook", &*callbacks.target_url);
-    let (callbacks, id) = (callbacks.clone(), delivery.id);
-    tracker.spawn(async move {
-        #[cfg(feature = "journal")]
-        let started = std::time::SystemTime::now();
-        let result = callbacks.send(&url, &body).await;
-        let (outcome, detail) = match &result {
-            Ok(status) => ("ok", format!("answered {status}")),
-            Err(e) => ("failed", e.to_string()),
+/// The legacy callback as an observer of deliveries: once every handler of a delivery
+/// has settled, POSTs the outcome to the message's `callback_url`, if it has one, in a
+/// tracked task (shutdown waits for it, and the timeout bounds it). Its result is an
+/// attempt of its own, of handler `callback`, reported through the seam.
+#[derive(Debug)]
+struct Notifier(Arc<Callbacks>);
+
+impl Observer for Notifier {
+    fn settled(&self, e: &Settled<'_>) {
+        let Some(url) = e.msg.callback_url.clone() else {
+            return;
         };
-        match &result {
-            Ok(_) => tracing::info!(delivery = %id, "callback: {detail}"),
-            Err(_) => tracing::warn!(delivery = %id, "callback: {detail}"),
-        }
-        #[cfg(feature = "journal")]
-        if let Some(journal) = journal {
-            journal.record(id, "callback", 1, started, outcome, detail, true);
-        }
-        #[cfg(not(feature = "journal"))]
-        let _ = outcome;
-    });
+        let state = match e.status {
+            DeliveryStatus::Ok => CallbackState::Success,
+            // Nothing failed, but a newer push replaced this one: it was not deployed.
+            DeliveryStatus::Superseded => CallbackState::Error,
+            _ => CallbackState::Failure,
+        };
+        // Status words only: a command's output is not for a third party's page.
+        let notes: Vec<String> = e
+            .handlers
+            .iter()
+            .map(|(handler, status)| format!("{handler}: {status}"))
+            .collect();
+        let body = CallbackBody::new(state, notes.join("; "), "hubhook", &*self.0.target_url);
+        let (callbacks, seam, id, msg) = (self.0.clone(), e.seam.clone(), e.id, e.msg.clone());
+        e.tracker.spawn(async move {
+            let (started, clock) = (std::time::SystemTime::now(), std::time::Instant::now());
+            let result = callbacks.send(&url, &body).await;
+            let (status, detail) = match &result {
+                Ok(code) => (RunStatus::Ok, format!("answered {code}")),
+                Err(e) => (RunStatus::Failed, e.to_string()),
+            };
+            match &result {
+                Ok(_) => tracing::info!(delivery = %id, "callback: {detail}"),
+                Err(_) => tracing::warn!(delivery = %id, "callback: {detail}"),
+            }
+            seam.attempt_finished(&AttemptFinished {
+                id,
+                msg: Some(&msg),
+                handler: "callback",
+                attempt: 1,
+                started,
+                elapsed: clock.elapsed(),
+                status,
+                detail: &detail,
+                final_: true,
+            });
+        });
+    }
+}
+
+impl crate::HubhookServiceBuilder {
+    /// After every handler of a delivery has finished, POSTs the result to the message's
+    /// `callback_url` (Docker Hub's legacy callback) when `callbacks` allows its host.
+    pub fn callbacks(self, callbacks: Callbacks) -> Self {
+        self.observe(Arc::new(Notifier(Arc::new(callbacks))))
+    }
 }
 
 /// Why a callback was refused or failed. Messages name the host, never the URL's path or

@@ -34,6 +34,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The journal could not be read or written.
+    #[error("journal: {0}")]
+    Journal(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// An I/O error while serving.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -248,6 +248,17 @@ impl Context {
     }
 }
 
+/// The text of a panic payload, when it has one.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,6 +102,7 @@ pub mod journal;
 mod listener;
 mod message;
 mod metrics;
+mod observe;
 #[cfg(feature = "plugin")]
 pub mod plugin;
 mod provider;
@@ -123,9 +124,11 @@ pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
 pub use message::{
     HubMessage, MessageError, PushData, Repository, EXAMPLE_PAYLOAD, SOURCE_DOCKERHUB,
 };
+pub use observe::{DeliveryStatus, RunStatus, UnknownStatus};
 pub use provider::{Generic, Provider};
-#[cfg(feature = "journal")]
-pub use service::ReplayError;
-pub use service::{Hook, HubhookService, HubhookServiceBuilder, DEFAULT_MAX_BODY, DEFAULT_PATH};
+pub use service::{
+    Hook, HubhookService, HubhookServiceBuilder, Recovery, ReplayError, DEFAULT_MAX_BODY,
+    DEFAULT_PATH,
+};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

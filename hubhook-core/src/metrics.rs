@@ -8,21 +8,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::handler::{HandlerError, Outcome};
+use crate::observe::{self, Observer, RunStatus};
 
 /// The statuses the service answers with; anything else is counted as "other".
 const STATUSES: [u16; 11] = [200, 202, 400, 401, 404, 405, 413, 415, 500, 503, 408];
 /// Upper bounds, in seconds, of the handler duration histogram's buckets.
 const BUCKETS: [f64; 10] = [0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0];
-const OUTCOMES: [&str; 7] = [
-    "ok",
-    "failed",
-    "rejected",
-    "timeout",
-    "cancelled",
-    "panic",
-    "superseded",
-];
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -33,7 +24,7 @@ pub(crate) struct Metrics {
 
 #[derive(Debug, Default)]
 struct HandlerMetrics {
-    outcomes: [AtomicU64; OUTCOMES.len()],
+    outcomes: [AtomicU64; RunStatus::ALL.len()],
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
@@ -58,29 +49,13 @@ impl Metrics {
         self.requests[slot].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn record_run(
-        &self,
-        handler: &str,
-        result: &Result<Outcome, HandlerError>,
-        elapsed: Duration,
-    ) {
+    fn record_run(&self, handler: &str, status: RunStatus, elapsed: Duration) {
         let Some(h) = self.handlers.get(handler) else {
             return;
         };
-        let outcome = match result {
-            Ok(_) => 0,
-            Err(HandlerError::Rejected(_)) => 2,
-            Err(HandlerError::Timeout(_)) => 3,
-            Err(HandlerError::Cancelled) => 4,
-            Err(HandlerError::Panicked(_)) => 5,
-            Err(HandlerError::Superseded(_)) => 6,
-            Err(_) => 1,
-        };
-        h.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = RunStatus::ALL.iter().position(|s| *s == status) {
+            h.outcomes[slot].fetch_add(1, Ordering::Relaxed);
+        }
         let secs = elapsed.as_secs_f64();
         for (bound, bucket) in BUCKETS.iter().zip(&h.buckets) {
             if secs <= *bound {
@@ -126,7 +101,7 @@ impl Metrics {
         out.push_str("# TYPE hubhook_handler_runs_total counter\n");
         for (name, h) in &self.handlers {
             let name = escape(name);
-            for (outcome, n) in OUTCOMES.iter().zip(&h.outcomes) {
+            for (outcome, n) in RunStatus::ALL.iter().zip(&h.outcomes) {
                 let _ = writeln!(
                     out,
                     "hubhook_handler_runs_total{{handler=\"{name}\",outcome=\"{outcome}\"}} {}",
@@ -181,6 +156,17 @@ impl Metrics {
     }
 }
 
+/// Counts what dispatch reports: deliveries accepted, attempts by handler and status.
+impl Observer for Metrics {
+    fn accepted(&self, _: &observe::Accepted<'_>) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn attempt_finished(&self, e: &observe::AttemptFinished<'_>) {
+        self.record_run(e.handler, e.status, e.elapsed);
+    }
+}
+
 /// Writes one histogram's series (after its HELP and TYPE lines): a cumulative bucket per
 /// `(upper bound, count)`, `+Inf`, `_sum` and `_count`. `labels` is empty or ends in a
 /// comma (`handler="log",`).
@@ -224,12 +210,8 @@ mod tests {
         m.record_status(202);
         m.record_status(202);
         m.record_status(418);
-        m.record_run("log", &Ok(Outcome::default()), Duration::from_millis(30));
-        m.record_run(
-            "log",
-            &Err(HandlerError::Panicked("boom".into())),
-            Duration::from_millis(1),
-        );
+        m.record_run("log", RunStatus::Ok, Duration::from_millis(30));
+        m.record_run("log", RunStatus::Panic, Duration::from_millis(1));
         let text = m.render(3, &[("log", 2, 1)]);
         assert!(text.contains("hubhook_requests_total{status=\"202\"} 2\n"));
         assert!(text.contains("hubhook_requests_total{status=\"other\"} 1\n"));

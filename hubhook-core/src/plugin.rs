@@ -430,7 +430,7 @@ pub mod export {
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
     use super::*;
-    use crate::dispatch::panic_message;
+    use crate::handler::panic_message;
     use crate::DeliveryId;
 
     struct State<T> {

@@ -343,3 +343,119 @@ fn hooks_need_distinct_paths_and_some_authentication() {
         .expect("service");
     assert_eq!(service.hooks(), [("/r".to_owned(), "registry")]);
 }
+
+/// Envelopes through a journaled service: one commit per request, one run per event id.
+#[cfg(feature = "journal")]
+mod journaled {
+    use std::time::{Duration, Instant};
+
+    use hubhook_core::journal::Journal;
+
+    use super::*;
+
+    async fn journaled_registry(
+        name: &str,
+    ) -> (
+        TestServer,
+        tokio::sync::mpsc::UnboundedReceiver<(hubhook_core::HubMessage, String)>,
+    ) {
+        let dir =
+            std::env::temp_dir().join(format!("hubhook-envelope-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (recorder, rx) = Recorder::new("recorder");
+        let service = HubhookService::builder()
+            .hook(Hook::new("/registry", Provider::Registry).api_key(KEY))
+            .journal(Journal::open(dir.join("journal.sqlite")).expect("journal"))
+            .max_pending(4096)
+            .handler(recorder)
+            .build()
+            .expect("service");
+        (TestServer::start(service, Transport::Plain).await, rx)
+    }
+
+    /// A value from the `/metrics` text, 0 when absent.
+    fn metric(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn an_envelope_of_a_thousand_events_is_one_commit() {
+        let (server, mut rx) = journaled_registry("thousand").await;
+        let events = (0..1000)
+            .map(|i| event(&format!("e{i}"), "push", MANIFEST, Some(&format!("v{i}"))))
+            .collect();
+        let auth = format!("Authorization: Bearer {KEY}");
+        let started = Instant::now();
+        let r = server
+            .post("/registry", &[&auth, REGISTRY_TYPE], &envelope(events))
+            .await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 202, "{}", r.body);
+        let ids = r.json()["deliveries"].as_array().map_or(0, Vec::len);
+        assert_eq!(ids, 1000);
+        // A registry gives up (and redelivers) after its own timeout; one fsync for the
+        // whole envelope keeps the answer far inside it.
+        eprintln!("an envelope of 1000 events answered in {took:?}");
+        assert!(took < Duration::from_secs(2), "answered in {took:?}");
+        let metrics = server
+            .metrics_with("hubhook_journal_commit_deliveries_sum 1000")
+            .await;
+        assert_eq!(
+            metric(&metrics, "hubhook_journal_commit_deliveries_sum"),
+            1000.0,
+            "{metrics}"
+        );
+        // Exactly one commit carried more than 256 deliveries: all 1000 went in one.
+        let commits = metric(&metrics, "hubhook_journal_commit_deliveries_count");
+        let small = metric(
+            &metrics,
+            "hubhook_journal_commit_deliveries_bucket{le=\"256\"}",
+        );
+        assert_eq!(commits - small, 1.0, "{metrics}");
+        for _ in 0..1000 {
+            next(&mut rx).await;
+        }
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn one_event_posted_eight_times_at_once_runs_once() {
+        let (server, mut rx) = journaled_registry("eight").await;
+        let body = envelope(vec![event("only-once", "push", MANIFEST, Some("v1"))]);
+        let auth = format!("Authorization: Bearer {KEY}");
+        let headers = [auth.as_str(), REGISTRY_TYPE];
+        let post = || server.post("/registry", &headers, &body);
+        // Eight connections at once, polled together on this task.
+        let answers = tokio::join!(
+            post(),
+            post(),
+            post(),
+            post(),
+            post(),
+            post(),
+            post(),
+            post()
+        );
+        let answers = [
+            answers.0, answers.1, answers.2, answers.3, answers.4, answers.5, answers.6, answers.7,
+        ];
+        let mut statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 200, 200, 200, 200, 202],
+            "{statuses:?}"
+        );
+        next(&mut rx).await;
+        // The other seven were answered "handled already" before this point; a second run
+        // would have been queued by now.
+        let line = "hubhook_handler_runs_total{handler=\"recorder\",outcome=\"ok\"} 1";
+        let metrics = server.metrics_with(line).await;
+        assert!(metrics.contains(line), "{metrics}");
+        assert!(rx.try_recv().is_err(), "one run for one event id");
+        server.stop().await;
+    }
+}

@@ -315,6 +315,7 @@ async fn a_hanging_handler_times_out_on_every_attempt() {
 #[cfg(feature = "journal")]
 mod journaled {
     use hubhook_core::journal::{Filter, History, Journal};
+    use hubhook_core::DeliveryStatus;
     use hubhook_core::Listener;
 
     use super::*;
@@ -385,9 +386,9 @@ mod journaled {
             let (summary, _, attempts) = history.show(id).expect("show").expect("journaled");
             let attempts: Vec<(u32, String, bool)> = attempts
                 .into_iter()
-                .map(|a| (a.attempt, a.status, a.final_))
+                .map(|a| (a.attempt, a.status.to_string(), a.final_))
                 .collect();
-            (summary.status, attempts)
+            (summary.status.to_string(), attempts)
         };
         assert_eq!(
             status(&failed["delivery"]),
@@ -405,7 +406,9 @@ mod journaled {
         );
         let (new_status, _) = status(&new["delivery"]);
         assert_ne!(new_status, "superseded");
-        let failures = history.list(&Filter::new().status("failed")).expect("list");
+        let failures = history
+            .list(&Filter::new().status(DeliveryStatus::Failed))
+            .expect("list");
         assert!(
             failures.iter().any(|s| s.id.as_str() == failed["delivery"]),
             "{failures:?}"
@@ -448,11 +451,11 @@ mod journaled {
         }
         assert!(!journaled.is_empty());
         assert!(
-            journaled.iter().all(|d| d.status == "ok"),
+            journaled.iter().all(|d| d.status == DeliveryStatus::Ok),
             "journaled and never started: {:?}",
             journaled
                 .iter()
-                .filter(|d| d.status != "ok")
+                .filter(|d| d.status != DeliveryStatus::Ok)
                 .collect::<Vec<_>>()
         );
         assert_eq!(runs, journaled.len(), "one run per journaled delivery");
@@ -475,7 +478,7 @@ mod journaled {
         let history = History::open(&path).expect("history");
         let list = history.list(&Filter::new()).expect("list");
         assert_eq!(list.len(), 1);
-        assert_eq!(list[0].status, "unmatched");
+        assert_eq!(list[0].status, DeliveryStatus::Unmatched);
         assert!(list[0].handlers.is_empty());
         let journal = Journal::open(&path).expect("reopen");
         assert!(journal.unfinished().await.expect("unfinished").is_empty());
@@ -513,7 +516,7 @@ mod journaled {
         let history = History::open(&path).expect("history");
         let id = old["delivery"].as_str().expect("id").parse().expect("id");
         let (summary, _, _) = history.show(id).expect("show").expect("journaled");
-        assert_eq!(summary.status, "superseded");
+        assert_eq!(summary.status, DeliveryStatus::Superseded);
     }
 
     #[tokio::test]
@@ -561,6 +564,9 @@ mod journaled {
         assert!(service.shutdown(Duration::from_secs(5)).await);
         let history = History::open(&path).expect("history");
         let list = history.list(&Filter::new()).expect("list");
-        assert!(list.iter().all(|s| s.status == "ok"), "{list:?}");
+        assert!(
+            list.iter().all(|s| s.status == DeliveryStatus::Ok),
+            "{list:?}"
+        );
     }
 }
