@@ -176,7 +176,7 @@ impl Config {
             header_timeout: Duration::from_secs(10),
             max_connections: 512,
             shutdown_grace: Duration::from_secs(30),
-            journal: false,
+            journal: true,
             keep: Some(DEFAULT_KEEP),
             keep_deliveries: Some(DEFAULT_KEEP_DELIVERIES),
             callback: None,

@@ -6,6 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use hubhook_core::journal::{Accepted, Filter, History, Journal};
 use hubhook_core::DeliveryId;
+use hubhook_core::RunStatus;
 
 use crate::control;
 
@@ -84,7 +85,7 @@ pub(crate) fn show(data_dir: &Path, id: DeliveryId) -> Result<(), String> {
                 a.status,
                 when(a.started_ms),
                 format!("{:.3}s", took.as_secs_f64()),
-                if a.final_ || a.status == "ok" {
+                if a.final_ || a.status == RunStatus::Ok {
                     ""
                 } else {
                     "(not final) "

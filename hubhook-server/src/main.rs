@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use std::os::unix::fs::DirBuilderExt;
 
 use hubhook_core::journal::{Filter, Journal};
-use hubhook_core::{DeliveryId, Hook, HubhookService, Listener, Route, TlsConfig};
+use hubhook_core::{DeliveryId, DeliveryStatus, Hook, HubhookService, Listener, Route, TlsConfig};
 use hubhook_handlers::{LogHandler, ShellHandler};
 
 use crate::config::{Config, HandlerKind, HandlerSpec, DEFAULT_DATA_DIR};
@@ -60,7 +60,7 @@ enum Command {
     },
     /// Print a new random API key (256 bits, URL-safe).
     Keygen,
-    /// Read the delivery journal (`journal = true`), also while the server runs: list
+    /// Read the delivery journal (on unless `journal = false`), also while the server runs: list
     /// deliveries, show one with every attempt, or run one again.
     Deliveries {
         /// The configuration file whose data_dir holds the journal.
@@ -92,8 +92,8 @@ enum Command {
 enum DeliveriesCommand {
     /// List deliveries, newest first.
     List {
-        /// Only this status: pending, ok, failed, superseded or unmatched (no handler wanted it).
-        #[arg(long, value_name = "S", value_parser = ["pending", "ok", "failed", "superseded", "unmatched"])]
+        /// Only deliveries with this status ("unmatched": no handler wanted it).
+        #[arg(long, value_name = "S", value_parser = status_words())]
         status: Option<String>,
         /// Only this repository (namespace/name).
         #[arg(long, value_name = "R")]
@@ -177,7 +177,7 @@ fn main() -> ExitCode {
                     limit,
                 } => {
                     let mut filter = Filter::new().limit(limit);
-                    if let Some(status) = status {
+                    if let Some(status) = status.and_then(|s| s.parse().ok()) {
                         filter = filter.status(status);
                     }
                     if let Some(repo) = repo {
@@ -231,6 +231,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// The words `deliveries list --status` takes.
+fn status_words() -> clap::builder::PossibleValuesParser {
+    DeliveryStatus::ALL.map(DeliveryStatus::as_str).into()
+}
+
 /// Runs `work` on a runtime and turns its error into a message and exit status 1.
 fn run(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -275,6 +280,8 @@ fn init_logging() {
 }
 
 async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
+    // From here on SIGTERM and SIGINT mean a graceful stop, also while starting.
+    let stop = shutdown_signal().map_err(|e| format!("cannot watch for signals: {e}"))?;
     let mut config = match &file {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::defaults(),
@@ -316,7 +323,9 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     // Every accepted delivery is journaled before it is answered; what a previous process
     // left unfinished runs again now (at least once).
     let mut journal = None;
-    if config.journal {
+    if !config.journal {
+        tracing::warn!("journal = false: accepted deliveries are kept in memory only, and a restart or a crash loses those not yet run");
+    } else {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -375,9 +384,19 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         Some(_) => Some(control::start(&config.data_dir, service.clone())?),
         None => None,
     };
-    let resumed = service.recover().await.map_err(|e| e.to_string())?;
-    if resumed > 0 {
-        tracing::info!(resumed, "resumed deliveries a previous run left unfinished");
+    // Read before the first request is accepted, run in the background while serving:
+    // waiting for room in a busy queue must not hold /healthz or a signal.
+    let recovery = service.recovery().await.map_err(|e| e.to_string())?;
+    if !recovery.is_empty() {
+        tokio::spawn(async move {
+            let owed = recovery.len();
+            let resumed = recovery.run().await;
+            tracing::info!(
+                owed,
+                resumed,
+                "resumed deliveries a previous run left unfinished"
+            );
+        });
     }
     if let Some(journal) = &journal {
         retention(journal.clone(), config.keep, config.keep_deliveries);
@@ -421,7 +440,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         }
     }
     listener
-        .serve_with_shutdown(shutdown_signal())
+        .serve_with_shutdown(stop)
         .await
         .map_err(|e| e.to_string())
 }
@@ -502,18 +521,17 @@ fn retention(
     });
 }
 
-async fn shutdown_signal() {
+/// Registers for SIGTERM and SIGINT at once (so neither kills the process from now on);
+/// the future ends at the first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received");
+    })
 }

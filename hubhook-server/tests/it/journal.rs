@@ -54,7 +54,8 @@ fn sigkill_loses_nothing_that_was_answered_202() {
     let config = config(
         &dir,
         &format!(
-            "journal = true\n[[handler]]\nname = \"mark\"\ntype = \"shell\"\nmax_concurrency = 64\ncommand = [\"sh\", \"-c\", \"sleep 0.2; touch {}/$HUBHOOK_DELIVERY\"]\n",
+            // No `journal` key: the default configuration journals.
+            "[[handler]]\nname = \"mark\"\ntype = \"shell\"\nmax_concurrency = 16\ncommand = [\"sh\", \"-c\", \"sleep 0.2; touch {}/$HUBHOOK_DELIVERY\"]\n",
             marks.display()
         ),
     );
@@ -336,4 +337,91 @@ fn a_burst_of_one_tag_runs_twice_and_the_history_and_replay_work_while_serving()
     let out = hubhook(&["deliveries", "--data-dir", "nowhere", "list"], dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no journal here"));
+}
+
+#[test]
+fn journal_false_warns_that_a_restart_loses_work() {
+    let dir = TempDir::new("nojournal");
+    config(&dir, "journal = false\n[[handler]]\ntype = \"log\"\n");
+    let mut server = Server::start(&["--config", "hubhook.toml"], dir.path(), &[]);
+    let line = server.wait_for_stderr("journal = false");
+    assert!(line.contains("a restart or a crash loses"), "{line}");
+    assert!(server.terminate().success());
+    assert!(
+        !dir.path().join("data/journal.sqlite").exists(),
+        "journal = false keeps no journal"
+    );
+}
+
+/// A recovered run that takes 30 s, with room for one delivery in its queue: the server
+/// answers `/healthz` at once (recovery waits for room in the background), and SIGTERM
+/// during the run stops it gracefully, with both deliveries still owed.
+#[test]
+fn recovery_runs_in_the_background_and_sigterm_still_stops_gracefully() {
+    let dir = TempDir::new("slowrecovery");
+    let starts = dir.path().join("starts");
+    let handler = |extra: &str| {
+        format!(
+            "shutdown_grace = \"1s\"\n[[handler]]\nname = \"slow\"\ntype = \"shell\"\n{extra}command = [\"sh\", \"-c\", \"echo $HUBHOOK_TAG >> {}; sleep 30\"]\n",
+            starts.display()
+        )
+    };
+    let started = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let lines = std::fs::read_to_string(&starts).unwrap_or_default();
+            if lines.lines().count() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} runs did not start: {lines:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    config(&dir, &handler(""));
+    let server = Server::start(&["--config", "hubhook.toml"], dir.path(), &[]);
+    for tag in ["one", "two"] {
+        let body = format!(
+            r#"{{"push_data":{{"tag":"{tag}"}},"repository":{{"repo_name":"acme/site"}}}}"#
+        );
+        let (status, _) = request(
+            server.addr,
+            "POST",
+            &format!("/hubhook?apikey={KEY}"),
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(status, 202);
+    }
+    started(2);
+    drop(server); // SIGKILL while both run
+
+    // Room for one delivery: the second waits for the first run's 30 s.
+    config(&dir, &handler("max_queued = 1\n"));
+    let spawned = Instant::now();
+    let server = Server::start(&["--config", "hubhook.toml"], dir.path(), &[]);
+    let (status, _) = request(server.addr, "GET", "/healthz", &[], b"");
+    let ready = spawned.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        ready < Duration::from_secs(1),
+        "/healthz answered {ready:?} after the start"
+    );
+    started(3);
+    let stopping = Instant::now();
+    let exit = server.terminate();
+    assert!(exit.success(), "a graceful stop exits 0: {exit:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
+    let pending = deliveries(&dir, &["list", "--status", "pending"]);
+    assert_eq!(
+        pending.lines().count(),
+        3,
+        "a header and both deliveries:\n{pending}"
+    );
 }
