@@ -1,5 +1,6 @@
 //! The HTTP side of the `ingest` bench (`target/release/ingest`, see src/ingest.rs): the
-//! load generator, the readiness probe, and the bare hyper server it compares against.
+//! two load clients (the built-in hyper client and `wrk`), the readiness and `/metrics`
+//! probes, and the bare hyper server hubhook is compared against.
 //!
 //! Run through `ingest`: `cargo build --release -p hubhook-server -p hubhook-benches &&
 //! target/release/ingest`; the bare server alone is `target/release/ingest --bare-server PORT`.
@@ -7,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,43 +55,57 @@ impl Tally {
     }
 }
 
-/// One server's figures for one measurement.
+/// One target's figures for one measurement by one client.
 pub(crate) struct Measurement {
-    pub(crate) ok: usize,
+    /// 2xx answers in the measured window.
+    pub(crate) ok: u64,
     pub(crate) rps: f64,
+    /// Latency percentiles, ms.
     pub(crate) p50: f64,
     pub(crate) p99: f64,
+    /// CPU time per 2xx answer, µs: the server's, and the load client's.
     pub(crate) server_cpu_us: f64,
     pub(crate) client_cpu_us: f64,
-    pub(crate) non_2xx: BTreeMap<u16, u64>,
-    pub(crate) errors: u64,
-    pub(crate) first_error: Option<String>,
+    /// Non-2xx answers and request or socket errors, one line each; empty when clean.
+    pub(crate) problems: Vec<String>,
 }
 
 impl Measurement {
-    pub(crate) fn print(&self, name: &str) {
+    /// `cpu` is the (server, client) CPU seconds used over the measured window.
+    fn new(
+        ok: u64,
+        rps: f64,
+        (p50, p99): (f64, f64),
+        cpu: (f64, f64),
+        problems: Vec<String>,
+    ) -> Self {
+        let per_request = |cpu: f64| if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 };
+        Measurement {
+            ok,
+            rps,
+            p50,
+            p99,
+            server_cpu_us: per_request(cpu.0),
+            client_cpu_us: per_request(cpu.1),
+            problems,
+        }
+    }
+
+    pub(crate) fn print(&self, label: &str) {
         println!(
-            "  {name:<8} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  CPU/req {:.1} µs server, \
-             {:.1} µs load generator  ({} ok)",
+            "  {label:<16} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  CPU/req {:.1} µs server, \
+             {:.1} µs client  ({} ok)",
             self.rps, self.p50, self.p99, self.server_cpu_us, self.client_cpu_us, self.ok
         );
-        if !self.non_2xx.is_empty() {
-            println!(
-                "  !!!!!!!! {name}: NON-2XX ANSWERS (status: count): {:?}",
-                self.non_2xx
-            );
-        }
-        if let Some(first) = &self.first_error {
-            println!(
-                "  !!!!!!!! {name}: {} REQUEST ERRORS, first: {first}",
-                self.errors
-            );
+        for problem in &self.problems {
+            println!("  !!!!!!!! {label}: {problem}");
         }
     }
 }
 
-/// Loads `addr` with `connections` keep-alive connections: a warm-up, then `seconds`.
-/// `cpu` gives the CPU seconds used so far by the server and by this process.
+/// The `builtin` client: loads `addr` with `connections` keep-alive connections, one task
+/// each, for a warm-up, then `seconds`. `cpu` gives the CPU seconds used so far by the
+/// server and by this process.
 pub(crate) async fn load(
     addr: SocketAddr,
     cpu: impl Fn() -> (f64, f64),
@@ -112,7 +128,6 @@ pub(crate) async fn load(
         }));
     }
     let after = cpu();
-    let (server_cpu, client_cpu) = (after.0 - before.0, after.1 - before.1);
     all.latencies.sort_unstable();
     let ok = all.latencies.len();
     let elapsed = all
@@ -124,22 +139,27 @@ pub(crate) async fn load(
             .get(rank - 1)
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
-    let per_request = |cpu: f64| if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 };
-    Measurement {
-        ok,
-        rps: if elapsed > 0.0 {
+    let mut problems = Vec::new();
+    if !all.non_2xx.is_empty() {
+        problems.push(format!(
+            "NON-2XX ANSWERS (status: count): {:?}",
+            all.non_2xx
+        ));
+    }
+    if let Some(first) = &all.first_error {
+        problems.push(format!("{} REQUEST ERRORS, first: {first}", all.errors));
+    }
+    Measurement::new(
+        ok as u64,
+        if elapsed > 0.0 {
             ok as f64 / elapsed
         } else {
             0.0
         },
-        p50: percentile(0.50),
-        p99: percentile(0.99),
-        server_cpu_us: per_request(server_cpu),
-        client_cpu_us: per_request(client_cpu),
-        non_2xx: all.non_2xx,
-        errors: all.errors,
-        first_error: all.first_error,
-    }
+        (percentile(0.50), percentile(0.99)),
+        (after.0 - before.0, after.1 - before.1),
+        problems,
+    )
 }
 
 /// One connection's loop: POST the example until `until`; tally what starts after
@@ -185,6 +205,138 @@ async fn worker(addr: SocketAddr, measure_from: Instant, until: Instant) -> Tall
         }
     }
     tally
+}
+
+/// Where `wrk` is on PATH, if it is.
+pub(crate) fn find_wrk() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("wrk"))
+        .find(|exe| exe.is_file())
+}
+
+/// Writes the Lua script that makes `wrk` POST the example payload as JSON into `dir`.
+pub(crate) fn write_wrk_script(dir: &Path) -> Result<PathBuf, String> {
+    // Every byte outside printable ASCII, and `"` and `\`, as a 3-digit decimal escape.
+    let body: String = hubhook_core::EXAMPLE_PAYLOAD
+        .bytes()
+        .map(|b| match b {
+            b' '..=b'~' if b != b'"' && b != b'\\' => char::from(b).to_string(),
+            _ => format!("\\{b:03}"),
+        })
+        .collect();
+    let script = format!(
+        "wrk.method = \"POST\"\nwrk.body = \"{body}\"\n\
+         wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+    );
+    let path = dir.join("post.lua");
+    std::fs::write(&path, script).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The `wrk` client: `wrk -t1 -c<connections> -d1s` (discarded: wrk has no warm-up), then
+/// the same for `seconds`, measured. `cpu` gives the CPU seconds used so far by the server
+/// and by the children this process has waited for (so the finished wrk runs).
+pub(crate) async fn wrk(
+    wrk: &Path,
+    script: &Path,
+    addr: SocketAddr,
+    cpu: impl Fn() -> (f64, f64),
+    connections: usize,
+    seconds: u64,
+) -> Result<Measurement, String> {
+    run_wrk(wrk, script, addr, connections, WARM_UP.as_secs()).await?;
+    let before = cpu();
+    let out = run_wrk(wrk, script, addr, connections, seconds).await?;
+    let after = cpu();
+    parse_wrk(&out, (after.0 - before.0, after.1 - before.1))
+        .map_err(|e| format!("{e} in this wrk output:\n{out}"))
+}
+
+/// Runs wrk once against `/hubhook?apikey=KEY` on `addr`; its stdout.
+async fn run_wrk(
+    wrk: &Path,
+    script: &Path,
+    addr: SocketAddr,
+    connections: usize,
+    seconds: u64,
+) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new(wrk);
+    cmd.arg("-t1")
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .arg("-s")
+        .arg(script)
+        .arg(format!("http://{addr}/hubhook?apikey={API_KEY}"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let shown = format!("{:?}", cmd.as_std());
+    let output = cmd
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{shown} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Reads wrk's `--latency` report: `N requests in`, the `50%` and `99%` lines,
+/// `Requests/sec:`, and `Non-2xx or 3xx responses:` and `Socket errors:` when there are any.
+fn parse_wrk(out: &str, cpu: (f64, f64)) -> Result<Measurement, String> {
+    let line = |prefix: &str| {
+        out.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    let number = |prefix: &str| -> Result<f64, String> {
+        let value = line(prefix).ok_or(format!("no {prefix:?} line"))?;
+        let value = value.split_whitespace().next().unwrap_or(value);
+        value
+            .parse()
+            .map_err(|_| format!("cannot read {value:?} after {prefix:?}"))
+    };
+    let millis = |prefix: &str| -> Result<f64, String> {
+        let value = line(prefix).ok_or(format!("no {prefix:?} latency line (wrk --latency)"))?;
+        let (scale, unit) = [(1e-3, "us"), (1.0, "ms"), (1e3, "s"), (6e4, "m")]
+            .into_iter()
+            .find(|(_, unit)| value.ends_with(unit))
+            .ok_or(format!("no unit in the {prefix} latency {value:?}"))?;
+        let n: f64 = value[..value.len() - unit.len()]
+            .parse()
+            .map_err(|_| format!("cannot read the {prefix} latency {value:?}"))?;
+        Ok(n * scale)
+    };
+    let requests = out
+        .lines()
+        .find_map(|l| l.split_once(" requests in ")?.0.trim().parse::<u64>().ok())
+        .ok_or("no \"N requests in\" line")?;
+    let mut problems = Vec::new();
+    let non_2xx = match line("Non-2xx or 3xx responses:") {
+        Some(_) => number("Non-2xx or 3xx responses:")? as u64,
+        None => 0,
+    };
+    if non_2xx > 0 {
+        problems.push(format!(
+            "NON-2XX ANSWERS: {non_2xx} (wrk: Non-2xx or 3xx responses)"
+        ));
+    }
+    if let Some(errors) = line("Socket errors:") {
+        problems.push(format!("SOCKET ERRORS (wrk): {errors}"));
+    }
+    Ok(Measurement::new(
+        requests.saturating_sub(non_2xx),
+        number("Requests/sec:")?,
+        (millis("50%")?, millis("99%")?),
+        cpu,
+        problems,
+    ))
 }
 
 /// Opens a keep-alive HTTP/1.1 connection; its driver runs in its own task.
@@ -261,10 +413,7 @@ pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
         eprintln!("ingest: --bare-server needs a port");
         return ExitCode::FAILURE;
     };
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
+    exit_when_stdin_closes();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -294,4 +443,13 @@ pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
             });
         }
     })
+}
+
+/// A child server of the bench exits when its stdin (a pipe from `ingest`) closes, so it
+/// cannot outlive the bench.
+pub(crate) fn exit_when_stdin_closes() {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
 }

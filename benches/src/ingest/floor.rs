@@ -1,0 +1,116 @@
+//! `ingest --floor-server PORT DIR`: the durable floor the journal is measured against.
+//!
+//! Bare hyper that keeps each request's body in SQLite before it answers: WAL,
+//! `synchronous = FULL`, one writer thread that commits everything waiting in one
+//! transaction (group commit, one fsync per group), then 200. It is the least a server
+//! can do and still say "on disk before the answer" with this design on this disk, so
+//! hubhook's durable figures are read against it.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+type Job = (Bytes, oneshot::Sender<bool>);
+
+pub(crate) fn floor_server(port: Option<&String>, dir: Option<&String>) -> ExitCode {
+    let (Some(port), Some(dir)) = (port.and_then(|p| p.parse::<u16>().ok()), dir) else {
+        eprintln!("ingest: --floor-server needs a port and a directory");
+        return ExitCode::FAILURE;
+    };
+    let conn = match open(&Path::new(dir).join("floor.sqlite")) {
+        Ok(conn) => conn,
+        Err(e) => {
+            eprintln!("ingest: floor server cannot open its database in {dir}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::net::exit_when_stdin_closes();
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::spawn(move || writer(conn, rx));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("ingest: floor server cannot bind 127.0.0.1:{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let mut response = Response::new(Empty::<Bytes>::new());
+                        if req.method() == http::Method::GET {
+                            return Ok::<_, Infallible>(response);
+                        }
+                        let body = match req.into_body().collect().await {
+                            Ok(body) => body.to_bytes(),
+                            Err(_) => Bytes::new(),
+                        };
+                        let (done, committed) = oneshot::channel();
+                        let durable =
+                            tx.send((body, done)).is_ok() && committed.await.unwrap_or(false);
+                        if !durable {
+                            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, body BLOB NOT NULL);",
+    )?;
+    Ok(conn)
+}
+
+/// Commits everything waiting in one transaction, then answers each request of it.
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let committed = (|| {
+            let tx = conn.transaction()?;
+            for (body, _) in &batch {
+                tx.prepare_cached("INSERT INTO bodies (body) VALUES (?1)")?
+                    .execute([body.as_ref()])?;
+            }
+            tx.commit()
+        })()
+        .is_ok();
+        for (_, done) in batch {
+            let _ = done.send(committed);
+        }
+    }
+}
