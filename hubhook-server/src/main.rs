@@ -39,9 +39,11 @@ struct Cli {
 enum Command {
     /// Serve webhooks until SIGINT or SIGTERM.
     ///
-    /// With no --config: listens on 127.0.0.1:8080 at /hubhook, runs the log handler, and
-    /// keeps a generated API key in ./hubhook-data/api-key (the hook URL with the key is
-    /// printed on stdout the first time). Logs go to stderr; set HUBHOOK_LOG (for example
+    /// With no --config: listens on 127.0.0.1:8080 at /hubhook, runs the log handler,
+    /// journals every accepted delivery in ./hubhook-data before answering 202 (unfinished
+    /// ones run again at the next start), and keeps a generated API key in
+    /// ./hubhook-data/api-key (the hook URL with the key is printed on stdout the first
+    /// time). Logs go to stderr; set HUBHOOK_LOG (for example
     /// "debug" or "hubhook_core=debug") to change how much.
     Serve {
         /// The TOML configuration file (see docs/CONFIG.md).
