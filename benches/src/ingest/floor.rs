@@ -6,17 +6,14 @@
 //! can do and still say "on disk before the answer" with this design on this disk, so
 //! hubhook's durable figures are read against it.
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
@@ -34,53 +31,25 @@ pub(crate) fn floor_server(port: Option<&String>, dir: Option<&String>) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    crate::net::exit_when_stdin_closes();
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::spawn(move || writer(conn, rx));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime");
-    rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("ingest: floor server cannot bind 127.0.0.1:{port}: {e}");
-                return ExitCode::FAILURE;
+    crate::net::serve_http1("floor", port, move |req: Request<Incoming>| {
+        let tx = tx.clone();
+        async move {
+            let mut response = Response::new(Empty::<Bytes>::new());
+            if req.method() == http::Method::GET {
+                return response;
             }
-        };
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+            let body = match req.into_body().collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => Bytes::new(),
             };
-            let _ = stream.set_nodelay(true);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let tx = tx.clone();
-                    async move {
-                        let mut response = Response::new(Empty::<Bytes>::new());
-                        if req.method() == http::Method::GET {
-                            return Ok::<_, Infallible>(response);
-                        }
-                        let body = match req.into_body().collect().await {
-                            Ok(body) => body.to_bytes(),
-                            Err(_) => Bytes::new(),
-                        };
-                        let (done, committed) = oneshot::channel();
-                        let durable =
-                            tx.send((body, done)).is_ok() && committed.await.unwrap_or(false);
-                        if !durable {
-                            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                        }
-                        Ok(response)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+            let (done, committed) = oneshot::channel();
+            let durable = tx.send((body, done)).is_ok() && committed.await.unwrap_or(false);
+            if !durable {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            response
         }
     })
 }

@@ -407,12 +407,26 @@ pub(crate) async fn metrics(addr: SocketAddr) -> Option<String> {
 }
 
 /// `ingest --bare-server PORT`: reads each request's body and answers 200 with an empty
-/// body. HTTP/1.1, multi-thread runtime with the default workers. Exits when stdin closes.
+/// body. Exits when stdin closes.
 pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
     let Some(port) = port.and_then(|p| p.parse::<u16>().ok()) else {
         eprintln!("ingest: --bare-server needs a port");
         return ExitCode::FAILURE;
     };
+    serve_http1("bare", port, |req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        Response::new(Empty::<Bytes>::new())
+    })
+}
+
+/// Serves `answer` over HTTP/1.1 on 127.0.0.1:`port` (`TCP_NODELAY`, a multi-thread
+/// runtime with the default workers) until stdin closes: the bench's bare and floor
+/// servers.
+pub(crate) fn serve_http1<F, Fut>(name: &str, port: u16, answer: F) -> ExitCode
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Response<Empty<Bytes>>> + Send + 'static,
+{
     exit_when_stdin_closes();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -422,7 +436,7 @@ pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
         let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
             Ok(listener) => listener,
             Err(e) => {
-                eprintln!("ingest: bare server cannot bind 127.0.0.1:{port}: {e}");
+                eprintln!("ingest: {name} server cannot bind 127.0.0.1:{port}: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -432,10 +446,11 @@ pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, Infallible>(answer(req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

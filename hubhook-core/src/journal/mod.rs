@@ -33,7 +33,7 @@ use crate::observe::{self, Committed, Observer, Record, Store, StoreError, Store
 use crate::HubhookServiceBuilder;
 
 pub use history::{Attempt, Filter, History, Summary};
-use writer::{Op, Row, RunRecord};
+use writer::{Op, RunRecord};
 
 /// Longest outcome text kept per attempt, in characters.
 const MAX_DETAIL: usize = 4096;
@@ -155,13 +155,17 @@ impl Journal {
         tag: &str,
     ) -> Result<(), JournalError> {
         let (done, committed) = oneshot::channel();
-        let row = Row {
+        let row = Record {
             id: delivery.id,
             source: delivery.source,
             repo: repo.to_owned(),
             tag: tag.to_owned(),
             message: delivery.message,
-            handlers: delivery.pending.join("\n"),
+            handlers: delivery
+                .pending
+                .iter()
+                .map(|h| Arc::from(h.as_str()))
+                .collect(),
         };
         self.send(Op::Append(
             vec![row],
@@ -380,19 +384,8 @@ impl Observer for Journal {
 #[async_trait::async_trait]
 impl Store for Journal {
     fn append(&self, deliveries: Vec<Record>, committed: Committed) {
-        let rows = deliveries
-            .into_iter()
-            .map(|d| Row {
-                id: d.id,
-                source: d.source,
-                repo: d.repo,
-                tag: d.tag,
-                message: d.message,
-                handlers: d.handlers.join("\n"),
-            })
-            .collect();
         if let Err(mpsc::SendError(Op::Append(_, committed))) =
-            self.tx.send(Op::Append(rows, committed))
+            self.tx.send(Op::Append(deliveries, committed))
         {
             committed(Err(JournalError::Closed.into()));
         }

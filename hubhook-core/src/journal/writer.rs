@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::handler::DeliveryId;
 use crate::journal::{millis, Stats};
-use crate::observe::{Committed, DeliveryStatus, RunStatus, Stored};
+use crate::observe::{Committed, DeliveryStatus, Record, RunStatus, Stored};
 
 /// Most records one commit takes; the rest wait for the next one.
 const MAX_BATCH: usize = 4096;
@@ -26,18 +26,6 @@ const LINGER: Duration = Duration::from_millis(50);
 /// [`MAX_RETRY`], so a full disk is not hammered.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
-
-/// One delivery to append: its row, ready to insert.
-#[derive(Debug)]
-pub(crate) struct Row {
-    pub(crate) id: DeliveryId,
-    pub(crate) source: String,
-    pub(crate) repo: String,
-    pub(crate) tag: String,
-    pub(crate) message: String,
-    /// The handlers it goes to, one per line (empty: none wanted it).
-    pub(crate) handlers: String,
-}
 
 /// One line of a delivery's history.
 #[derive(Debug)]
@@ -54,7 +42,7 @@ pub(crate) struct RunRecord {
 
 pub(crate) enum Op {
     /// Deliveries of one request, in one commit; `committed` is told how it went.
-    Append(Vec<Row>, Committed),
+    Append(Vec<Record>, Committed),
     Run(RunRecord),
     /// Every handler of the delivery has a final attempt: set its status from them.
     Finish(DeliveryId, i64),
@@ -211,6 +199,7 @@ fn commit(conn: &mut Connection, batch: &[Op], seq: &mut i64) -> rusqlite::Resul
                 )?;
                 for d in rows {
                     // A delivery no handler wanted is finished as it arrives.
+                    let handlers = d.handlers.join("\n");
                     let (status, finished) = if d.handlers.is_empty() {
                         (DeliveryStatus::Unmatched, Some(now))
                     } else {
@@ -223,7 +212,7 @@ fn commit(conn: &mut Connection, batch: &[Op], seq: &mut i64) -> rusqlite::Resul
                         d.repo,
                         d.tag,
                         d.message,
-                        d.handlers,
+                        handlers,
                         status.as_str(),
                         finished,
                     ])?;
