@@ -475,14 +475,11 @@ impl Observer for Notifier {
         e.tracker.spawn(async move {
             let (started, clock) = (std::time::SystemTime::now(), std::time::Instant::now());
             let result = callbacks.send(&url, &body).await;
+            // The log line comes from the seam's log observer, like any attempt's.
             let (status, detail) = match &result {
                 Ok(code) => (RunStatus::Ok, format!("answered {code}")),
                 Err(e) => (RunStatus::Failed, e.to_string()),
             };
-            match &result {
-                Ok(_) => tracing::info!(delivery = %id, "callback: {detail}"),
-                Err(_) => tracing::warn!(delivery = %id, "callback: {detail}"),
-            }
             seam.attempt_finished(&AttemptFinished {
                 id,
                 msg: Some(&msg),

@@ -7,14 +7,13 @@ use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::dispatch::{Busy, Reservation};
 use crate::handler::DeliveryId;
 use crate::observe::{self, Record};
-use crate::provider::{Decoded, Refusal};
+use crate::provider::{Claim, Decoded, Refusal};
 use crate::service::response::{error, is_json, text, unavailable, with_header};
 use crate::service::{HookState, HubhookService};
 use crate::HubMessage;
@@ -88,7 +87,7 @@ impl HubhookService {
             );
             return error(StatusCode::UNAUTHORIZED, "unauthorized");
         }
-        if self.inner.draining.load(Ordering::Acquire) {
+        if self.is_draining() {
             return unavailable("shutting down");
         }
         let messages = match hook.provider.decode(&parts.headers, &bytes) {
@@ -115,11 +114,10 @@ impl HubhookService {
             .zip(act)
             .filter_map(|((msg, _), act)| act.then_some(msg))
             .collect();
-        let accepted = match self.accept(new).await {
+        let accepted = match self.accept(new, Some(claim)).await {
             Ok(accepted) => accepted,
             Err(reason) => return unavailable(reason),
         };
-        claim.commit();
         let body = match accepted.as_slice() {
             [] => {
                 let body = serde_json::json!({ "ignored": "every event was handled already" });
@@ -135,10 +133,13 @@ impl HubhookService {
 
     /// Queues `msgs` (the deliveries of one request) for the handlers that want them,
     /// each under a new delivery id. With a store, they are appended in one commit first,
-    /// and only a durable delivery is started. `Err` is the reason for a 503.
+    /// and only a durable delivery is started. The request's event ids (`claim`) count as
+    /// seen once its deliveries are durable, even if the request is gone by then; refused,
+    /// they are claimable again. `Err` is the reason for a 503.
     pub(super) async fn accept(
         &self,
         msgs: Vec<HubMessage>,
+        claim: Option<Claim>,
     ) -> Result<Vec<DeliveryId>, &'static str> {
         let dispatcher = &self.inner.dispatcher;
         let mut batch = Vec::with_capacity(msgs.len());
@@ -168,25 +169,28 @@ impl HubhookService {
             });
         }
         let ids = batch.iter().map(|p| p.id).collect();
-        let Some(store) = dispatcher.observers().store().cloned() else {
-            self.launch(batch);
-            return Ok(ids);
-        };
-        if batch.is_empty() {
-            return Ok(ids);
-        }
-        // Durable before the answer: the only wait on the request path, shared with
-        // every request in flight (group commit).
-        let records = batch
-            .iter()
-            .map(|p| Record::new(p.id, &p.msg, p.handlers.clone()))
-            .collect();
-        let (answer, committed) = oneshot::channel();
         let durable = Durable {
             service: self.clone(),
             runtime: tokio::runtime::Handle::current(),
             batch,
+            claim,
         };
+        let store = match dispatcher.observers().store() {
+            Some(store) if !durable.batch.is_empty() => store.clone(),
+            // Nothing to keep: as durable as it gets.
+            _ => {
+                durable.launch();
+                return Ok(ids);
+            }
+        };
+        // Durable before the answer: the only wait on the request path, shared with
+        // every request in flight (group commit).
+        let records = durable
+            .batch
+            .iter()
+            .map(|p| Record::new(p.id, &p.msg, p.handlers.clone()))
+            .collect();
+        let (answer, committed) = oneshot::channel();
         store.append(
             records,
             Box::new(move |result| match result {
@@ -240,25 +244,35 @@ struct Durable {
     service: HubhookService,
     runtime: tokio::runtime::Handle,
     batch: Vec<Pending>,
+    /// The request's event ids: seen from the moment the batch starts.
+    claim: Option<Claim>,
 }
 
 impl Durable {
+    /// Starts the batch (on the caller's runtime thread).
     fn launch(mut self) {
-        let batch = std::mem::take(&mut self.batch);
-        self.service.launch(batch);
+        self.start();
     }
 
-    /// Not durable after all: gives the places back, starts nothing.
+    fn start(&mut self) {
+        self.service.launch(std::mem::take(&mut self.batch));
+        if let Some(claim) = self.claim.take() {
+            claim.commit();
+        }
+    }
+
+    /// Not durable after all: gives the places and the event ids back, starts nothing.
     fn refuse(mut self) {
         self.batch.clear();
+        self.claim = None;
     }
 }
 
 impl Drop for Durable {
     fn drop(&mut self) {
-        if !self.batch.is_empty() {
+        if !self.batch.is_empty() || self.claim.is_some() {
             let _runtime = self.runtime.enter();
-            self.service.launch(std::mem::take(&mut self.batch));
+            self.start();
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Running again what a previous process accepted and did not finish, and replaying a
 //! stored delivery on request.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -88,11 +89,9 @@ impl Recovery {
         );
         let mut resumed = 0;
         for ((delivery, msg), Resume { run, superseded }) in owed.into_iter().zip(plan) {
-            let bys: Vec<String> = superseded.iter().map(|(_, by)| by.to_string()).collect();
-            let mut unrun: Vec<(&str, RunStatus, &str)> = superseded
+            let mut unrun: Vec<(&str, RunStatus, &(dyn fmt::Display + Sync))> = superseded
                 .iter()
-                .zip(&bys)
-                .map(|((handler, _), by)| (handler.as_str(), RunStatus::Superseded, by.as_str()))
+                .map(|(handler, by)| (handler.as_str(), RunStatus::Superseded, by as _))
                 .collect();
             // Wait for room rather than drop anything.
             let Some(reservation) = dispatcher.reserve_waiting(&msg, Some(&run)).await else {
@@ -107,7 +106,7 @@ impl Recovery {
                         (
                             h.as_str(),
                             RunStatus::Rejected,
-                            "the handler is no longer configured",
+                            &"the handler is no longer configured" as _,
                         )
                     }),
             );
@@ -130,7 +129,7 @@ impl HubhookService {
         &self,
         id: DeliveryId,
         msg: Option<&HubMessage>,
-        unrun: &[(&str, RunStatus, &str)],
+        unrun: &[(&str, RunStatus, &(dyn fmt::Display + Sync))],
     ) {
         let seam = self.inner.dispatcher.observers();
         for (handler, status, detail) in unrun {
@@ -154,7 +153,7 @@ impl HubhookService {
         &self,
         id: DeliveryId,
         msg: Option<HubMessage>,
-        unrun: &[(&str, RunStatus, &str)],
+        unrun: &[(&str, RunStatus, &(dyn fmt::Display + Sync))],
     ) {
         self.report_unrun(id, msg.as_ref(), unrun);
         let seam = self.inner.dispatcher.observers();
@@ -192,7 +191,7 @@ impl HubhookService {
             return Err(ReplayError::Busy("shutting down"));
         }
         let delivery = self
-            .accept(vec![msg])
+            .accept(vec![msg], None)
             .await
             .map_err(ReplayError::Busy)?
             .pop()
