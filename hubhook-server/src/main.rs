@@ -96,7 +96,7 @@ enum DeliveriesCommand {
     List {
         /// Only deliveries with this status ("unmatched": no handler wanted it).
         #[arg(long, value_name = "S", value_parser = status_words())]
-        status: Option<String>,
+        status: Option<DeliveryStatus>,
         /// Only this repository (namespace/name).
         #[arg(long, value_name = "R")]
         repo: Option<String>,
@@ -179,7 +179,7 @@ fn main() -> ExitCode {
                     limit,
                 } => {
                     let mut filter = Filter::new().limit(limit);
-                    if let Some(status) = status.and_then(|s| s.parse().ok()) {
+                    if let Some(status) = status {
                         filter = filter.status(status);
                     }
                     if let Some(repo) = repo {
@@ -234,8 +234,10 @@ fn main() -> ExitCode {
 }
 
 /// The words `deliveries list --status` takes.
-fn status_words() -> clap::builder::PossibleValuesParser {
-    DeliveryStatus::ALL.map(DeliveryStatus::as_str).into()
+fn status_words() -> impl clap::builder::TypedValueParser<Value = DeliveryStatus> {
+    use clap::builder::{PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(DeliveryStatus::ALL.map(DeliveryStatus::as_str))
+        .try_map(|word| word.parse::<DeliveryStatus>())
 }
 
 /// Runs `work` on a runtime and turns its error into a message and exit status 1.

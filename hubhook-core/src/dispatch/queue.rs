@@ -2,7 +2,6 @@
 //! attempt of a run with its retries.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,9 +22,9 @@ use crate::HubMessage;
 pub(crate) struct Delivery {
     pub(crate) id: DeliveryId,
     pub(crate) msg: Arc<HubMessage>,
-    /// Handlers that have not settled yet.
-    remaining: AtomicUsize,
-    /// Each settled handler's final status.
+    /// How many handlers it went to.
+    handlers: usize,
+    /// Each settled handler's final status; full when the delivery is settled.
     finals: Mutex<Vec<(Arc<str>, RunStatus)>>,
 }
 
@@ -34,19 +33,21 @@ impl Delivery {
         Self {
             id,
             msg: Arc::new(msg),
-            remaining: handlers.into(),
+            handlers,
             finals: Mutex::new(Vec::with_capacity(handlers)),
         }
     }
 
     /// Records one handler's end; the last one settles the delivery.
     fn settle(&self, shared: &Shared, handler: &Arc<str>, status: RunStatus) {
-        let mut finals = self.finals.lock().unwrap_or_else(|p| p.into_inner());
-        finals.push((handler.clone(), status));
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
-        let finals = std::mem::take(&mut *finals);
+        let finals = {
+            let mut finals = self.finals.lock().unwrap_or_else(|p| p.into_inner());
+            finals.push((handler.clone(), status));
+            if finals.len() < self.handlers {
+                return;
+            }
+            std::mem::take(&mut *finals)
+        };
         shared.observers.settled(&Settled {
             id: self.id,
             msg: &self.msg,
