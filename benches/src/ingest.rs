@@ -263,6 +263,9 @@ impl Run {
     fn print(&self) {
         self.m
             .print(&format!("{} {}", self.client.name(), self.target.name()));
+        if let (Target::Floor, Some(c)) = (self.target, self.commits) {
+            println!("  {:<16} {}", "", c.describe());
+        }
         if let Some((idle, peak)) = self.rss {
             let journal = match self.commits {
                 Some(c) if c.commits > 0.0 => format!("journal on: {}", c.describe()),
@@ -419,14 +422,17 @@ async fn measure(
             round + 1
         ));
     }
-    let (rss, commits) = match idle {
-        Some(idle) => {
-            let peak = memory(server.pid())?;
-            let metrics = net::metrics(server.addr).await;
-            let commits = metrics.as_deref().and_then(Commits::parse);
-            (Some((idle.rss_mib, peak.hwm_mib)), commits)
-        }
-        None => (None, None),
+    let rss = match idle {
+        Some(idle) => Some((idle.rss_mib, memory(server.pid())?.hwm_mib)),
+        None => None,
+    };
+    // hubhook's journal and the floor report their group commits the same way.
+    let commits = match target {
+        Target::Hubhook | Target::Floor => net::metrics(server.addr)
+            .await
+            .as_deref()
+            .and_then(Commits::parse),
+        Target::Bare => None,
     };
     Ok(Run {
         client,

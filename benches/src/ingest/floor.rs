@@ -8,11 +8,13 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -36,10 +38,11 @@ pub(crate) fn floor_server(port: Option<&String>, dir: Option<&String>) -> ExitC
     crate::net::serve_http1("floor", port, move |req: Request<Incoming>| {
         let tx = tx.clone();
         async move {
-            let mut response = Response::new(Empty::<Bytes>::new());
             if req.method() == http::Method::GET {
-                return response;
+                // The group commits, in the journal's series names, for the report.
+                return Response::new(Full::new(Bytes::from(STATS.render())));
             }
+            let mut response = Response::new(Full::default());
             let body = match req.into_body().collect().await {
                 Ok(body) => body.to_bytes(),
                 Err(_) => Bytes::new(),
@@ -64,11 +67,39 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Commits counted by the writer: how many, bodies in them, and their time.
+struct Stats {
+    commits: AtomicU64,
+    bodies: AtomicU64,
+    micros: AtomicU64,
+}
+
+static STATS: Stats = Stats {
+    commits: AtomicU64::new(0),
+    bodies: AtomicU64::new(0),
+    micros: AtomicU64::new(0),
+};
+
+impl Stats {
+    fn render(&self) -> String {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let (commits, bodies) = (load(&self.commits), load(&self.bodies));
+        format!(
+            "hubhook_journal_commit_records_count {commits}\n\
+             hubhook_journal_commit_records_sum {bodies}\n\
+             hubhook_journal_commit_deliveries_sum {bodies}\n\
+             hubhook_journal_commit_seconds_sum {}\n",
+            load(&self.micros) as f64 / 1e6
+        )
+    }
+}
+
 /// Commits everything waiting in one transaction, then answers each request of it.
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        let started = Instant::now();
         let committed = (|| {
             let tx = conn.transaction()?;
             for (body, _) in &batch {
@@ -78,6 +109,13 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>) {
             tx.commit()
         })()
         .is_ok();
+        STATS.commits.fetch_add(1, Ordering::Relaxed);
+        STATS
+            .bodies
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        STATS
+            .micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         for (_, done) in batch {
             let _ = done.send(committed);
         }

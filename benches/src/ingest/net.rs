@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -415,7 +415,7 @@ pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
     };
     serve_http1("bare", port, |req: Request<Incoming>| async move {
         let _ = req.into_body().collect().await;
-        Response::new(Empty::<Bytes>::new())
+        Response::new(Full::default())
     })
 }
 
@@ -425,7 +425,7 @@ pub(crate) fn bare_server(port: Option<&String>) -> ExitCode {
 pub(crate) fn serve_http1<F, Fut>(name: &str, port: u16, answer: F) -> ExitCode
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Response<Empty<Bytes>>> + Send + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     exit_when_stdin_closes();
     let rt = tokio::runtime::Builder::new_multi_thread()
