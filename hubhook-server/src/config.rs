@@ -313,6 +313,7 @@ struct RawDocker {
     #[serde(default)]
     command: Vec<String>,
     stop_timeout: Option<String>,
+    step_timeout: Option<String>,
     health: Option<String>,
     health_timeout: Option<String>,
     #[serde(default)]
@@ -638,11 +639,18 @@ impl Parser<'_> {
                     (Some(c), None) => DockerHandler::container(&name, &raw.image, c)
                         .map(|h| h.run_args(raw.run_args.clone()).command(raw.command.clone())),
                     (None, Some(s)) => {
-                        if !raw.run_args.is_empty() || !raw.command.is_empty() {
-                            return Err(at(
-                                if raw.run_args.is_empty() { "command" } else { "run_args" },
-                                "applies to containers only; a service keeps its own settings".into(),
-                            ));
+                        // Keys a Swarm update cannot honour are refused, not ignored: a
+                        // `health` that gated nothing would promise what it does not do.
+                        let container_only = [
+                            ("run_args", !raw.run_args.is_empty(), "a service keeps its own settings"),
+                            ("command", !raw.command.is_empty(), "a service keeps its own settings"),
+                            ("health", raw.health.is_some(), "Swarm gates a service update with the image's HEALTHCHECK and rolls back by itself"),
+                            ("health_timeout", raw.health_timeout.is_some(), "Swarm gates a service update with the image's HEALTHCHECK and rolls back by itself"),
+                            ("stop_timeout", raw.stop_timeout.is_some(), "set the service's own --stop-grace-period"),
+                            ("cleanup", raw.cleanup, "every node keeps its own images"),
+                        ];
+                        if let Some((k, _, why)) = container_only.iter().find(|(_, set, _)| *set) {
+                            return Err(at(k, format!("applies to containers only: {why}")));
                         }
                         DockerHandler::service(&name, &raw.image, s)
                     }
@@ -669,6 +677,9 @@ impl Parser<'_> {
                 }
                 if let Some(t) = duration("health_timeout", &raw.health_timeout)? {
                     handler = handler.health_timeout(t);
+                }
+                if let Some(t) = duration("step_timeout", &raw.step_timeout)? {
+                    handler = handler.step_timeout(t);
                 }
                 if let Some(health) = &raw.health {
                     handler = handler.health(

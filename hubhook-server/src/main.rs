@@ -20,8 +20,10 @@ use clap::{Parser, Subcommand};
 use std::os::unix::fs::DirBuilderExt;
 
 use hubhook_core::journal::{Filter, Journal};
-use hubhook_core::{DeliveryId, DeliveryStatus, Hook, HubhookService, Listener, Route, TlsConfig};
-use hubhook_handlers::{LogHandler, ShellHandler};
+use hubhook_core::{
+    DeliveryId, DeliveryStatus, Handler, Hook, HubhookService, Listener, Route, TlsConfig,
+};
+use hubhook_handlers::{DockerHandler, LogHandler, ShellHandler};
 
 use crate::config::{Config, HandlerKind, HandlerSpec, DEFAULT_DATA_DIR};
 use crate::deliveries::JOURNAL_FILE;
@@ -388,6 +390,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         Some(_) => Some(control::start(&config.data_dir, service.clone())?),
         None => None,
     };
+    reconcile_swaps(&config);
     // Read before the first request is accepted, run in the background while serving:
     // waiting for room in a busy queue must not hold /healthz or a signal.
     let recovery = service.recovery().await.map_err(|e| e.to_string())?;
@@ -443,10 +446,58 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
             ),
         }
     }
-    listener
-        .serve_with_shutdown(stop)
-        .await
-        .map_err(|e| e.to_string())
+    let served = listener.serve_with_shutdown(stop).await;
+    finish_swaps(&config).await;
+    served.map_err(|e| e.to_string())
+}
+
+/// The docker handlers of `config`.
+fn docker_handlers(config: &Config) -> impl Iterator<Item = &DockerHandler> {
+    config.handlers.iter().filter_map(|spec| match &spec.kind {
+        HandlerKind::Docker(handler) => Some(&**handler),
+        _ => None,
+    })
+}
+
+/// Finishes, in the background, any container swap a previous run left half-way (killed,
+/// or stopped past its bound): the container runs the last image that passed its gate, or
+/// the new one that passed.
+fn reconcile_swaps(config: &Config) {
+    for handler in docker_handlers(config) {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            match handler.reconcile().await {
+                Ok(None) => {}
+                Ok(Some(repaired)) => {
+                    tracing::warn!(
+                        handler = handler.name(),
+                        "repaired an unfinished deploy: {repaired}"
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(handler = handler.name(), error = %e, "could not check for an unfinished deploy")
+                }
+            }
+        });
+    }
+}
+
+/// Before exiting, lets every container swap in progress finish or roll back, within the
+/// largest `stop_timeout + health_timeout` + 10 s of the docker handlers; one cut short
+/// past that is repaired at the next start.
+async fn finish_swaps(config: &Config) {
+    let Some(bound) = docker_handlers(config).map(DockerHandler::swap_bound).max() else {
+        return;
+    };
+    if !DockerHandler::finish_swaps(std::time::Duration::ZERO).await {
+        tracing::info!(bound_s = bound.as_secs(), "waiting for deploys in progress to finish or roll back (stop_timeout + health_timeout + 10 s)");
+        if !DockerHandler::finish_swaps(bound).await {
+            tracing::error!(
+                bound_s = bound.as_secs(),
+                "a deploy did not finish in time; the next start repairs it"
+            );
+        }
+    }
 }
 
 fn route(spec: &HandlerSpec) -> Result<Route, String> {

@@ -222,14 +222,16 @@ impl Drop for Registry {
     }
 }
 
-/// Containers (and their `-hubhook-old` twins) removed by name on drop.
+/// Containers (and their `-hubhook-old` and `-hubhook-new` twins) removed by name on drop.
 #[derive(Debug)]
 pub struct Containers(pub Vec<String>);
 
 impl Drop for Containers {
     fn drop(&mut self) {
         for name in &self.0 {
-            let _ = docker(&["rm", "--force", name, &format!("{name}-hubhook-old")]);
+            let old = format!("{name}-hubhook-old");
+            let new = format!("{name}-hubhook-new");
+            let _ = docker(&["rm", "--force", name, &old, &new]);
         }
     }
 }
