@@ -17,8 +17,8 @@ use crate::TempDir;
 pub const BASE: &str = "hubhook-test/site";
 
 /// What the tags are: v1 and v2 serve their own page, v3 exits at once, v4 runs but never
-/// serves HTTP.
-const VERSIONS: [(&str, &str); 4] = [
+/// serves HTTP, v5 serves its page only 2 s after it starts (a slow start widens the gate).
+const VERSIONS: [(&str, &str); 5] = [
     (
         "v1",
         r#"["/bin/busybox","httpd","-f","-p","80","-h","/www"]"#,
@@ -29,6 +29,10 @@ const VERSIONS: [(&str, &str); 4] = [
     ),
     ("v3", r#"["/bin/busybox","false"]"#),
     ("v4", r#"["/bin/busybox","sleep","3600"]"#),
+    (
+        "v5",
+        r#"["/bin/busybox","sh","-c","sleep 2; exec /bin/busybox httpd -f -p 80 -h /www"]"#,
+    ),
 ];
 
 /// Whether the engine (and the registry binary) are here. When they are not, the test is

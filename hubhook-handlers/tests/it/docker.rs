@@ -391,6 +391,42 @@ async fn a_swarm_service_moves_to_v2_and_a_broken_image_fails() {
         "the service serves v2"
     );
 
+    // A tag the registry does not have: resolved first, so the service is not touched.
+    let version = || {
+        let (_, v) = docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{.Version.Index}}",
+            &service,
+        ]);
+        v.trim().to_owned()
+    };
+    let before = version();
+    let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = {
+        let polling = polling.clone();
+        std::thread::spawn(move || {
+            let mut down = 0;
+            while polling.load(std::sync::atomic::Ordering::Relaxed) {
+                if page(port).as_deref() != Some("site v2") {
+                    down += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            down
+        })
+    };
+    let err = deploy(&handler, &push_of(&registry, "v9"))
+        .await
+        .expect_err("v9 is not in the registry")
+        .to_string();
+    polling.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(err.contains("image or tag not found"), "{err}");
+    assert!(err.contains("nothing changed"), "{err}");
+    assert_eq!(version(), before, "the service spec is unchanged");
+    assert_eq!(poller.join().expect("poller"), 0, "the page stayed up");
+
     let err = deploy(&handler, &push_of(&registry, "v3"))
         .await
         .expect_err("v3 fails")
@@ -496,4 +532,174 @@ async fn a_timeout_in_the_middle_of_a_swap_does_not_leave_the_site_down() {
     );
     assert!(container_id(name).is_some());
     assert!(container_id(&format!("{name}-hubhook-old")).is_none());
+}
+
+/// `docker` for a test: the real one, except `docker stop`, which hangs (a hung daemon).
+fn hanging_stop(dir: &TempDir) -> std::path::PathBuf {
+    let script = dir.write(
+        "docker",
+        "#!/bin/sh\nif [ \"$1\" = stop ]; then exec sleep 3600; fi\nexec docker \"$@\"\n",
+    );
+    let mut mode = std::fs::metadata(&script).expect("script").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(&script, mode).expect("chmod");
+    script
+}
+
+#[tokio::test]
+async fn a_hung_stop_ends_in_a_timeout_and_a_later_delivery_deploys() {
+    if !available("a_hung_stop_ends_in_a_timeout") {
+        return;
+    }
+    let s = Site::new("hung", &["v1", "v2"]);
+    let (registry, name, port) = (&s.registry, &s.name, s.port);
+    s.v1_running(&s.handler()).await;
+    let dir = TempDir::new("hung-docker");
+    let step = Duration::from_secs(2);
+    let hung = s
+        .handler()
+        .docker_binary(hanging_stop(&dir))
+        .step_timeout(step);
+    let started = std::time::Instant::now();
+    let err = deploy(&hung, &push_of(registry, "v2"))
+        .await
+        .expect_err("docker stop hangs");
+    let took = started.elapsed();
+    assert!(
+        matches!(err, HandlerError::Timeout(_)),
+        "a timeout outcome: {err}"
+    );
+    // The stop's limit is stop_timeout (1 s) + step_timeout (2 s); the rest is the
+    // other steps of a deploy on a real engine.
+    assert!(took < Duration::from_secs(15), "ended after {took:?}");
+    assert_eq!(page(port).as_deref(), Some("site v1"), "v1 still serves");
+    assert!(container_id(&format!("{name}-hubhook-old")).is_none());
+
+    let done = deploy(&s.handler(), &push_of(registry, "v2"))
+        .await
+        .expect("a later delivery deploys");
+    assert!(done.contains(":v2 to container"), "{done}");
+    assert_eq!(page(port).as_deref(), Some("site v2"));
+}
+
+#[tokio::test]
+async fn an_unrelated_container_whose_id_starts_with_the_name_is_untouched() {
+    if !available("an_unrelated_container_whose_id_starts_with_the_name") {
+        return;
+    }
+    let s = Site::new("prefix", &["v1"]);
+    let other = container_name("prefix-other");
+    let (ok, id) = docker(&["run", "--detach", "--name", &other, &format!("{BASE}:v4")]);
+    assert!(ok, "{id}");
+    let id = id.trim().to_owned();
+    // A name that is, for the daemon, a prefix of that container's id, and no name.
+    let prefix = id[..3].to_owned();
+    let _cleanup = Containers(vec![other.clone(), prefix.clone()]);
+    assert!(
+        container_id(&prefix).as_deref() == Some(id.as_str()),
+        "docker resolves {prefix} as the id prefix"
+    );
+    let handler = site(&s.registry, &prefix, s.port);
+    let done = deploy(&handler, &push_of(&s.registry, "v1"))
+        .await
+        .expect("first deploy");
+    assert!(done.contains(&format!("to container {prefix}")), "{done}");
+    assert_eq!(page(s.port).as_deref(), Some("site v1"));
+    let (_, running) = docker(&["inspect", "--format", "{{.Name}} {{.State.Status}}", &id]);
+    assert_eq!(
+        running.trim(),
+        format!("/{other} running"),
+        "the unrelated container is untouched"
+    );
+    let filter = format!("name=^/{prefix}$");
+    let (_, named) = docker(&[
+        "ps",
+        "--all",
+        "--no-trunc",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.ID}}",
+    ]);
+    let named = named.trim();
+    assert!(
+        !named.is_empty() && named != id,
+        "a new container took the name: {named:?}"
+    );
+}
+
+/// The reconciler on the states a swap passes through, built by hand on the engine.
+#[tokio::test]
+async fn the_reconciler_keeps_the_last_container_that_passed() {
+    if !available("the_reconciler_keeps_the_last_container_that_passed") {
+        return;
+    }
+    let s = Site::new("reconcile", &["v1", "v2"]);
+    let (registry, name, port) = (&s.registry, &s.name, s.port);
+    let handler = s.handler();
+    let (old, new) = (format!("{name}-hubhook-old"), format!("{name}-hubhook-new"));
+    let run_v2_as = |container: &str| {
+        let (ok, out) = docker(&[
+            "run",
+            "--detach",
+            "--name",
+            container,
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+            &format!("{BASE}:v2"),
+        ]);
+        assert!(ok, "{out}");
+    };
+    let must = |args: &[&str]| {
+        let (ok, out) = docker(args);
+        assert!(ok, "docker {args:?}: {out}");
+    };
+    let names = || [name.as_str(), &old, &new].map(|n| container_id(n).is_some());
+
+    // Killed after the rename, or after the stop: only -old, maybe stopped.
+    s.v1_running(&handler).await;
+    must(&["rename", name, &old]);
+    must(&["stop", "--time", "0", &old]);
+    let done = handler
+        .reconcile()
+        .await
+        .expect("reconcile")
+        .expect("a repair");
+    assert!(done.contains(&format!("restored {old}")), "{done}");
+    assert_eq!(names(), [true, false, false]);
+    assert_eq!(page(port).as_deref(), Some("site v1"));
+
+    // Killed during the gate: -old (stopped) and -new, which never passed.
+    must(&["rename", name, &old]);
+    must(&["stop", "--time", "0", &old]);
+    run_v2_as(&new);
+    let done = handler
+        .reconcile()
+        .await
+        .expect("reconcile")
+        .expect("a repair");
+    assert!(done.contains(&format!("removed {new}")), "{done}");
+    assert_eq!(names(), [true, false, false]);
+    assert_eq!(
+        page(port).as_deref(),
+        Some("site v1"),
+        "the last container that passed"
+    );
+
+    // Killed after the commit: NAME (passed) beside -old.
+    must(&["rename", name, &old]);
+    must(&["stop", "--time", "0", &old]);
+    run_v2_as(name);
+    let done = handler
+        .reconcile()
+        .await
+        .expect("reconcile")
+        .expect("a repair");
+    assert!(done.contains(&format!("removed {old}")), "{done}");
+    assert_eq!(names(), [true, false, false]);
+    assert_eq!(page(port).as_deref(), Some("site v2"));
+
+    // Nothing to do.
+    assert_eq!(handler.reconcile().await.expect("reconcile"), None);
+    let _ = registry;
 }
