@@ -113,7 +113,15 @@ impl Swap<'_> {
                     .run(&["inspect", "--format", "{{.Image}}", &p.id])
                     .await
                     .map_err(step)?;
-                d.run(&["rename", &p.id, &old]).await.map_err(step)?;
+                if let Err(e) = d.run(&["rename", &p.id, &old]).await {
+                    // It may have been renamed all the same (a slow daemon): name it back.
+                    let back = self.restore(p).await;
+                    return Err(failure(
+                        format!("could not rename the running container, nothing changed: {e}"),
+                        &e,
+                        back.err(),
+                    ));
+                }
                 let wait = self.stop_timeout.as_secs().to_string();
                 let limit = self.stop_timeout + d.step_timeout;
                 if let Err(e) = d.run_within(&["stop", "--time", &wait, &p.id], limit).await {

@@ -10,3 +10,4 @@ mod journal;
 mod plugins;
 mod serve;
 mod support;
+mod swaps;
