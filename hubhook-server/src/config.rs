@@ -1304,6 +1304,27 @@ mod tests {
             e.starts_with("hubhook.toml:7: handler[0].run_args: applies to containers only"),
             "{e}"
         );
+        // Keys a Swarm update cannot honour are refused with the reason, not ignored.
+        for (key, value, why) in [
+            (
+                "health",
+                "\"http://127.0.0.1:8000/\"",
+                "Swarm gates a service update with the image's HEALTHCHECK",
+            ),
+            ("health_timeout", "\"30s\"", "Swarm gates a service update"),
+            ("stop_timeout", "\"5s\"", "--stop-grace-period"),
+            ("cleanup", "true", "every node keeps its own images"),
+        ] {
+            let e = error(&format!(
+                "{KEY}[[handler]]\ntype = \"docker\"\nimage = \"a/b\"\nservice = \"web\"\n{key} = {value}\n"
+            ));
+            assert!(
+                e.starts_with(&format!(
+                    "hubhook.toml:7: handler[0].{key}: applies to containers only: "
+                )) && e.contains(why),
+                "{e}"
+            );
+        }
     }
 
     #[test]
