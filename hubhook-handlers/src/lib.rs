@@ -23,6 +23,6 @@ mod docker;
 mod log;
 mod shell;
 
-pub use docker::{DockerError, DockerHandler, Health, DEFAULT_STEP_TIMEOUT};
+pub use docker::{BlueGreen, DockerError, DockerHandler, Health, DEFAULT_STEP_TIMEOUT};
 pub use log::{LogFormat, LogHandler};
 pub use shell::{ShellError, ShellHandler, DEFAULT_OUTPUT_TAIL};

@@ -320,6 +320,10 @@ struct RawDocker {
     cleanup: bool,
     docker: Option<String>,
     docker_host: Option<String>,
+    strategy: Option<String>,
+    ports: Option<Vec<String>>,
+    upstream_file: Option<String>,
+    reload: Option<Vec<String>>,
 }
 
 /// The keys of `plugin` handlers beyond the common ones.
@@ -648,6 +652,7 @@ impl Parser<'_> {
                             ("health_timeout", raw.health_timeout.is_some(), "Swarm gates a service update with the image's HEALTHCHECK and rolls back by itself"),
                             ("stop_timeout", raw.stop_timeout.is_some(), "set the service's own --stop-grace-period"),
                             ("cleanup", raw.cleanup, "every node keeps its own images"),
+                            ("strategy", raw.strategy.is_some(), "Swarm's update order is the service's own --update-order"),
                         ];
                         if let Some((k, _, why)) = container_only.iter().find(|(_, set, _)| *set) {
                             return Err(at(k, format!("applies to containers only: {why}")));
@@ -687,6 +692,7 @@ impl Parser<'_> {
                             .map_err(|e| at("health", e.to_string()))?,
                     );
                 }
+                handler = self.strategy(&raw, handler, base, &at)?;
                 if let Some(bin) = &raw.docker {
                     handler = handler.docker_binary(bin);
                 }
@@ -874,6 +880,72 @@ impl Parser<'_> {
             api_keys,
             allow_unauthenticated: raw.allow_unauthenticated,
         })
+    }
+
+    /// `strategy` with its keys: stop-first (the default), or blue-green behind nginx with
+    /// two `ports`, an `upstream_file` and a `reload` command.
+    fn strategy(
+        &self,
+        raw: &RawDocker,
+        handler: DockerHandler,
+        base: &Path,
+        at: &dyn Fn(&str, String) -> ConfigError,
+    ) -> Result<DockerHandler, ConfigError> {
+        match raw.strategy.as_deref() {
+            None | Some("stop-first") => {
+                for (k, set) in [
+                    ("ports", raw.ports.is_some()),
+                    ("upstream_file", raw.upstream_file.is_some()),
+                    ("reload", raw.reload.is_some()),
+                ] {
+                    if set {
+                        return Err(at(k, "applies to strategy = \"blue-green\" only".into()));
+                    }
+                }
+                Ok(handler)
+            }
+            Some("blue-green") => {
+                if raw.container.is_none() {
+                    return Err(at("strategy", "blue-green applies to a `container`".into()));
+                }
+                if let Some(flag) = raw.run_args.iter().find(|a| {
+                    *a == "-p" || a.starts_with("--publish") || (a.starts_with("-p") && a.len() > 2)
+                }) {
+                    return Err(at(
+                        "run_args",
+                        format!("{flag:?} publishes a port: with blue-green, `ports` says which, in turn"),
+                    ));
+                }
+                let ports = match raw.ports.as_deref() {
+                    Some([a, b]) => [a.as_str(), b.as_str()],
+                    _ => {
+                        return Err(at(
+                            "ports",
+                            "blue-green needs two port mappings used in turn: ports = [\"127.0.0.1:8001:80\", \"127.0.0.1:8002:80\"]".into(),
+                        ))
+                    }
+                };
+                let Some(upstream) = &raw.upstream_file else {
+                    return Err(at(
+                        "upstream_file",
+                        "blue-green needs the file nginx includes in its upstream block (upstream_file = \"/etc/nginx/hubhook/site.upstream\")".into(),
+                    ));
+                };
+                let mut bg = hubhook_handlers::BlueGreen::new(ports, base.join(upstream))
+                    .map_err(|e| at("ports", e.to_string()))?;
+                if let Some(reload) = &raw.reload {
+                    if reload.first().is_none_or(String::is_empty) {
+                        return Err(at("reload", "must name the program to run: reload = [\"nginx\", \"-s\", \"reload\"]".into()));
+                    }
+                    bg = bg.reload(reload.clone());
+                }
+                Ok(handler.blue_green(bg))
+            }
+            Some(other) => Err(at(
+                "strategy",
+                format!("unknown strategy {other:?} (expected \"stop-first\" or \"blue-green\")"),
+            )),
+        }
     }
 
     /// `journal = true`, or a `[journal]` table with retention.
@@ -1302,6 +1374,43 @@ mod tests {
         ));
         assert!(
             e.starts_with("hubhook.toml:7: handler[0].run_args: applies to containers only"),
+            "{e}"
+        );
+        // Blue-green: its keys, and what it refuses.
+        let bg =
+            "type = \"docker\"\nimage = \"a/b\"\ncontainer = \"web\"\nstrategy = \"blue-green\"\n";
+        let ok = "ports = [\"127.0.0.1:8001:80\", \"127.0.0.1:8002:80\"]\nupstream_file = \"web.upstream\"\n";
+        parse(&format!("{KEY}[[handler]]\n{bg}{ok}")).expect("a blue-green handler");
+        for (extra, want) in [
+            (
+                format!("{ok}run_args = [\"-p\", \"8000:80\"]\n"),
+                "handler[0].run_args: \"-p\" publishes a port",
+            ),
+            (
+                format!("{ok}run_args = [\"--publish=8000:80\"]\n"),
+                "handler[0].run_args: \"--publish=8000:80\" publishes a port",
+            ),
+            (
+                "upstream_file = \"u\"\n".to_owned(),
+                "handler[0].ports: blue-green needs two port mappings",
+            ),
+            (
+                "ports = [\"8001:80\", \"8002:80\"]\n".to_owned(),
+                "handler[0].upstream_file: blue-green needs the file",
+            ),
+            (
+                "ports = [\"8001:80\", \"8001:80\"]\nupstream_file = \"u\"\n".to_owned(),
+                "handler[0].ports: \"8001:80\" and \"8001:80\" are the same port",
+            ),
+        ] {
+            let e = error(&format!("{KEY}[[handler]]\n{bg}{extra}"));
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let e = error(&format!(
+            "{KEY}[[handler]]\ntype = \"docker\"\nimage = \"a/b\"\ncontainer = \"web\"\nports = [\"8001:80\", \"8002:80\"]\n"
+        ));
+        assert!(
+            e.contains("handler[0].ports: applies to strategy = \"blue-green\" only"),
             "{e}"
         );
         // Keys a Swarm update cannot honour are refused with the reason, not ignored.

@@ -14,6 +14,7 @@
 //! pattern allows, and every payload value is checked against the image-reference grammar
 //! again here, before anything reaches an argv: a payload value can never become a flag.
 
+mod bluegreen;
 mod cli;
 mod health;
 mod service;
@@ -28,6 +29,7 @@ use hubhook_core::reference::{check_name, check_tag};
 use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome, Pattern};
 use tokio::sync::watch;
 
+pub use bluegreen::BlueGreen;
 use cli::{Docker, Failure};
 use swap::Swap;
 
@@ -61,6 +63,9 @@ pub enum DockerError {
     /// The health URL is not an `http://` URL.
     #[error("health check {0:?} must be \"none\", \"docker\" or an http:// URL")]
     Health(String),
+    /// The blue-green ports are not two different `-p` values.
+    #[error("{0}")]
+    Ports(String),
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +101,7 @@ pub struct DockerHandler {
     health: Health,
     health_timeout: Duration,
     cleanup: bool,
+    blue_green: Option<BlueGreen>,
     docker: Docker,
 }
 
@@ -146,6 +152,7 @@ impl DockerHandler {
             health: Health::None,
             health_timeout: Duration::from_secs(30),
             cleanup: false,
+            blue_green: None,
             docker: Docker {
                 binary: PathBuf::from("docker"),
                 host: None,
@@ -205,6 +212,15 @@ impl DockerHandler {
     #[must_use]
     pub fn cleanup(mut self, cleanup: bool) -> Self {
         self.cleanup = cleanup;
+        self
+    }
+
+    /// Deploys blue-green behind nginx instead of stop-first (containers only): the new
+    /// container runs beside the old one on the other port, passes its gate, nginx is
+    /// switched to it, then the old one goes. `run_args` must not publish ports then.
+    #[must_use]
+    pub fn blue_green(mut self, blue_green: BlueGreen) -> Self {
+        self.blue_green = Some(blue_green);
         self
     }
 
@@ -384,6 +400,7 @@ impl DockerHandler {
             health: &self.health,
             health_timeout: self.health_timeout,
             cleanup: self.cleanup,
+            blue_green: self.blue_green.as_ref(),
         }
     }
 

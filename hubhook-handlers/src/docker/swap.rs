@@ -37,6 +37,7 @@ pub(super) struct Swap<'a> {
     pub(super) health: &'a Health,
     pub(super) health_timeout: Duration,
     pub(super) cleanup: bool,
+    pub(super) blue_green: Option<&'a super::BlueGreen>,
 }
 
 /// The names of a swap in progress.
@@ -52,6 +53,9 @@ impl Swap<'_> {
     /// Brings an unfinished swap to a safe end from what docker reports; returns what it
     /// did, or `None` when there was nothing to repair.
     pub(super) async fn reconcile(&self) -> Result<Option<String>, Failure> {
+        if let Some(bg) = self.blue_green {
+            return self.reconcile_blue_green(bg).await;
+        }
         let d = self.docker;
         let (old, new) = (old_name(self.name), new_name(self.name));
         let mut done = Vec::new();
@@ -103,6 +107,11 @@ impl Swap<'_> {
         started: Instant,
         pulled: Duration,
     ) -> Result<Outcome, HandlerError> {
+        if let Some(bg) = self.blue_green {
+            return self
+                .run_blue_green(bg, reference, ctx, started, pulled)
+                .await;
+        }
         let d = self.docker;
         let (old, new) = (old_name(self.name), new_name(self.name));
         // 1. Move the running container aside, keeping it for a rollback.
@@ -237,7 +246,7 @@ impl Swap<'_> {
 
     /// The new container failed: it goes, with its last output in the report, and the
     /// previous one runs again.
-    async fn roll_back(
+    pub(super) async fn roll_back(
         &self,
         reference: &str,
         reason: &str,
@@ -286,7 +295,7 @@ impl Swap<'_> {
 }
 
 /// A step that failed before anything was at risk (or after the commit).
-fn step(e: Failure) -> HandlerError {
+pub(super) fn step(e: Failure) -> HandlerError {
     match e {
         Failure::Timeout(_, limit) => HandlerError::Timeout(limit),
         Failure::Cancelled => HandlerError::Cancelled,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hubhook_core::{Context, DeliveryId, Handler, HandlerError, HubMessage, HubhookService, Route};
-use hubhook_handlers::{DockerHandler, Health};
+use hubhook_handlers::{BlueGreen, DockerHandler, Health};
 
 use hubhook_testkit::*;
 
@@ -702,4 +702,164 @@ async fn the_reconciler_keeps_the_last_container_that_passed() {
     // Nothing to do.
     assert_eq!(handler.reconcile().await.expect("reconcile"), None);
     let _ = registry;
+}
+
+/// Debian's nginx, started for one test on a free port, proxying to the upstream file that
+/// a blue-green handler switches. Stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    conf: std::path::PathBuf,
+    upstream: std::path::PathBuf,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    fn start(first: u16) -> Self {
+        let dir = TempDir::new("nginx");
+        let port = free_port();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let upstream = dir.write("site.upstream", &format!("server 127.0.0.1:{first};\n"));
+        let conf = dir.write(
+            "nginx.conf",
+            &format!(
+                "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {log} warn;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
+                 fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
+                 upstream site {{ include {upstream}; }}\n\
+                 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://site; }} }}\n}}\n",
+                pid = path("nginx.pid"),
+                log = path("error.log"),
+                tmp = path("tmp"),
+                upstream = upstream.display(),
+            ),
+        );
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("tmp");
+        let child = Command::new("nginx")
+            .args(["-c", conf.to_str().expect("utf8"), "-p", dir.str()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx (Debian's nginx-light)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            conf,
+            upstream,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn reload(&self) -> Vec<String> {
+        [
+            "nginx",
+            "-c",
+            self.conf.to_str().expect("utf8"),
+            "-s",
+            "reload",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `port` every 20 ms on a fresh connection until told to stop; returns the answers
+/// that were not a page (errors, non-200) and how many requests were made.
+fn poll_page(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, usize)> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut failed, mut made) = (Vec::new(), 0);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            made += 1;
+            let answer = (|| -> std::io::Result<String> {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+                tcp.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+                let mut text = String::new();
+                tcp.read_to_string(&mut text)?;
+                Ok(text)
+            })();
+            match answer {
+                Ok(text) if text.starts_with("HTTP/1.1 200") && text.contains("site v") => {}
+                Ok(text) => failed.push(text.lines().next().unwrap_or("").to_owned()),
+                Err(e) => failed.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (failed, made)
+    })
+}
+
+#[tokio::test]
+async fn blue_green_behind_nginx_never_fails_a_request() {
+    if !available("blue_green_behind_nginx") {
+        return;
+    }
+    let s = Site::new("bluegreen", &["v1", "v2", "v3", "v4"]);
+    let (registry, name) = (&s.registry, &s.name);
+    let (a, b) = (free_port(), free_port());
+    let nginx = Nginx::start(a);
+    let bg = BlueGreen::new(
+        [&format!("127.0.0.1:{a}:80"), &format!("127.0.0.1:{b}:80")],
+        &nginx.upstream,
+    )
+    .expect("ports")
+    .reload(nginx.reload());
+    let handler = DockerHandler::container("deploy", &registry.repo(), name)
+        .expect("handler")
+        .tag("v*")
+        .blue_green(bg)
+        .stop_timeout(Duration::from_secs(1))
+        .health(Health::Http("http://127.0.0.1/".into()))
+        .health_timeout(Duration::from_secs(3));
+    deploy(&handler, &push_of(registry, "v1"))
+        .await
+        .expect("v1");
+    assert_eq!(page(nginx.port).as_deref(), Some("site v1"));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = poll_page(nginx.port, stop.clone());
+    // 20 redeploys, broken images among them: v3 exits, v4 never answers.
+    let tags = ["v2", "v3", "v1", "v4", "v2", "v1", "v3", "v2", "v1", "v4"];
+    let (mut deployed, mut refused) = (0, 0);
+    for tag in tags.iter().chain(tags.iter()) {
+        match deploy(&handler, &push_of(registry, tag)).await {
+            Ok(done) => {
+                assert!(matches!(*tag, "v1" | "v2"), "{tag} deployed: {done}");
+                deployed += 1;
+                assert_eq!(page(nginx.port), Some(format!("site {tag}")));
+            }
+            Err(e) => {
+                assert!(matches!(*tag, "v3" | "v4"), "{tag} failed: {e}");
+                assert!(e.to_string().contains("health gate failed"), "{e}");
+                refused += 1;
+            }
+        }
+        assert!(container_id(&format!("{name}-hubhook-new")).is_none());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (failed, made) = poller.join().expect("poller");
+    println!("blue-green: {made} requests through nginx over 20 redeploys ({deployed} deployed, {refused} refused), {} failed", failed.len());
+    assert_eq!((deployed, refused), (12, 8));
+    assert!(
+        failed.is_empty(),
+        "requests that failed through nginx: {failed:?}"
+    );
 }
