@@ -6,9 +6,11 @@
 //! pull`, `docker rm -f`, `docker run`, as the old reload.sh did). Both pull from a real
 //! registry (Debian's docker-registry on 127.0.0.1) images imported from busybox-static;
 //! the local copy is removed before every deploy so each one really pulls. Also reported:
-//! how long the page was down during each deploy. Both run the image with `--init`, so the
-//! old container stops on SIGTERM (busybox httpd as PID 1 would ignore it). Medians over
-//! the rounds.
+//! the page's longest gap during each deploy, from a poller that asks for it every 20 ms
+//! (the first failed answer to the next good one). The plain baseline takes hubhook's
+//! stop-first steps by hand: `docker stop --time 1`, `docker rm`, `docker run`. Both run
+//! the image with `--init`, so the old container stops on SIGTERM (busybox httpd as PID 1
+//! would ignore it). Medians over the rounds.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -127,6 +129,17 @@ fn main() {
             median(rows, |r| r.down)
         );
     }
+    let longest = |rows: &[Row]| rows.iter().map(|r| r.down).max().unwrap_or(0);
+    let (hook_gap, plain_gap) = (longest(&hook_rows), longest(&plain_rows));
+    println!(
+        "longest gap over the rounds: hubhook {hook_gap} ms, by hand {plain_gap} ms; \
+         target hubhook <= by hand + 300 ms: {}",
+        if hook_gap <= plain_gap + 300 {
+            "MET"
+        } else {
+            "NOT MET"
+        }
+    );
 }
 
 /// One deploy's figures, in milliseconds.
@@ -141,13 +154,15 @@ struct Row {
 fn hook_deploy(port: u16, repo: &str, tag: &str, page_port: u16, log: &Arc<Mutex<String>>) -> Row {
     let _ = docker(&["image", "rm", &format!("{repo}:{tag}")]);
     let seen = log.lock().expect("log").len();
+    let gaps = Gaps::watch(page_port);
     let body = format!(
         r#"{{"push_data":{{"tag":"{tag}","pusher":"bench"}},"repository":{{"repo_name":"{repo}"}}}}"#
     );
     let started = Instant::now();
     let status = post(port, &format!("/hubhook?apikey={KEY}"), &body);
     assert_eq!(status, 202, "the webhook was not accepted");
-    let (total, down) = wait_for_page(page_port, tag, started);
+    let (total, _) = wait_for_page(page_port, tag, started);
+    let down = gaps.longest();
     // The handler's own split, from its log line.
     let needle = format!("deployed {repo}:{tag}");
     let mut line = String::new();
@@ -190,28 +205,69 @@ fn hook_deploy(port: u16, repo: &str, tag: &str, page_port: u16, log: &Arc<Mutex
 fn plain_deploy(repo: &str, tag: &str, container: &str, page_port: u16) -> Row {
     let image = format!("{repo}:{tag}");
     let _ = docker(&["image", "rm", &image]);
+    let gaps = Gaps::watch(page_port);
     let started = Instant::now();
     must(&["pull", "--quiet", &image]);
     let pulled = started.elapsed().as_millis();
-    let _ = docker(&["rm", "--force", container]);
+    let _ = docker(&["stop", "--time", "1", container]);
+    let _ = docker(&["rm", container]);
     let swapped = started.elapsed().as_millis();
     let publish = format!("127.0.0.1:{page_port}:80");
     must(&[
         "run", "--detach", "--init", "--name", container, "-p", &publish, &image,
     ]);
     let (total, _) = wait_for_page(page_port, tag, started);
-    // The page is down from `docker rm` on; polling only resumes after `docker run`
-    // returns here, so the gap is counted from the removal.
     Row {
         total,
         pull: pulled,
         swap: swapped - pulled,
         health: total - swapped,
-        down: total - pulled,
+        down: gaps.longest(),
     }
 }
 
-/// Polls the page every 5 ms until it shows `tag`; returns (ms until then, ms it was down).
+/// A poller that asks for the page every 20 ms on its own thread while a deploy runs, and
+/// the longest time from a failed answer to the next good one.
+struct Gaps {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u128>,
+}
+
+impl Gaps {
+    fn watch(port: u16) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut longest, mut down_since) = (0u128, None::<Instant>);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match quick_page(port) {
+                    Some(_) => {
+                        if let Some(since) = down_since.take() {
+                            longest = longest.max(since.elapsed().as_millis());
+                        }
+                    }
+                    None => {
+                        down_since.get_or_insert_with(Instant::now);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            longest
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the poller (the page serves again by now) and returns the longest gap, ms.
+    fn longest(self) -> u128 {
+        // One more good answer closes a gap still open.
+        std::thread::sleep(Duration::from_millis(40));
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// Polls the page every 5 ms until it shows `tag`; returns (ms until then, ms it was down
+/// as this loop saw it).
 fn wait_for_page(port: u16, tag: &str, started: Instant) -> (u128, u128) {
     let want = format!("site {tag}");
     let mut first_failure = None;

@@ -43,6 +43,15 @@ impl TempDir {
         std::fs::write(&path, text).expect("write temp file");
         path
     }
+
+    /// Writes `text` to `name` inside the directory as an executable script (0755).
+    pub fn write_script(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write(name, text);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp script");
+        path
+    }
 }
 
 impl Drop for TempDir {

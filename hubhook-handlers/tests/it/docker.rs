@@ -257,18 +257,13 @@ use std::process::Command;
 /// A `docker` that records its argv, then runs the real one.
 fn recording_docker(dir: &TempDir) -> std::path::PathBuf {
     let log = dir.path().join("calls");
-    let script = dir.path().join("docker");
-    std::fs::write(
-        &script,
-        format!(
+    dir.write_script(
+        "docker",
+        &format!(
             "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\nexec docker \"$@\"\n",
             log.display()
         ),
     )
-    .expect("write wrapper");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    script
 }
 
 #[tokio::test]
@@ -536,14 +531,10 @@ async fn a_timeout_in_the_middle_of_a_swap_does_not_leave_the_site_down() {
 
 /// `docker` for a test: the real one, except `docker stop`, which hangs (a hung daemon).
 fn hanging_stop(dir: &TempDir) -> std::path::PathBuf {
-    let script = dir.write(
+    dir.write_script(
         "docker",
         "#!/bin/sh\nif [ \"$1\" = stop ]; then exec sleep 3600; fi\nexec docker \"$@\"\n",
-    );
-    let mut mode = std::fs::metadata(&script).expect("script").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
-    std::fs::set_permissions(&script, mode).expect("chmod");
-    script
+    )
 }
 
 #[tokio::test]
