@@ -191,7 +191,7 @@ impl Swap<'_> {
             }
         }
         if let (true, Some(old_image)) = (self.cleanup, old_image) {
-            self.remove_image(self.image, &old_image, &mut summary)
+            self.remove_image(self.image, &id, &old_image, &mut summary)
                 .await;
         }
         Ok(Outcome::new(summary))
@@ -199,23 +199,16 @@ impl Swap<'_> {
 
     /// Removes the previous container's image, found by its id: every reference of the
     /// configured repository to that id (`repo:tag`, `repo@digest`) is removed, so the
-    /// image goes unless something else names it. Kept when any running container uses it
-    /// (the new one included, when the same image was pushed again).
-    async fn remove_image(&self, image: &str, old_image: &str, summary: &mut String) {
+    /// image goes unless something else names it. Never with `--force`: docker refuses to
+    /// remove the last reference of an image a container uses, and the outcome says so.
+    /// Nothing goes when the new container runs the same image (pushed again).
+    async fn remove_image(&self, image: &str, new_id: &str, old_image: &str, summary: &mut String) {
         let d = self.docker;
-        if old_image.is_empty() {
-            return;
-        }
-        let users = d
-            .run(&[
-                "ps",
-                "--quiet",
-                "--no-trunc",
-                "--filter",
-                &format!("ancestor={old_image}"),
-            ])
-            .await;
-        if !matches!(&users, Ok(ids) if ids.trim().is_empty()) {
+        let new_image = d
+            .run(&["inspect", "--format", "{{.Image}}", new_id])
+            .await
+            .unwrap_or_default();
+        if old_image.is_empty() || new_image.trim() == old_image {
             return;
         }
         let listed = d
