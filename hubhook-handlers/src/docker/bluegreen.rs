@@ -176,8 +176,8 @@ impl Swap<'_> {
                 &candidate.id,
             ])
             .await?;
-        let switched =
-            slot.trim().parse::<usize>().ok().is_some() && bg.current() == slot.trim().parse().ok();
+        let slot = slot.trim().parse::<usize>().ok().filter(|s| *s < 2);
+        let switched = slot.is_some() && bg.current() == slot;
         let done = if switched && candidate.running {
             if let Some(previous) = d.find(self.name).await? {
                 d.run(&["rm", "--force", &previous.id]).await?;
@@ -189,7 +189,20 @@ impl Swap<'_> {
             )
         } else {
             d.run(&["rm", "--force", &candidate.id]).await?;
-            format!("removed {new}, which nginx does not point to")
+            match slot {
+                // nginx points to it, but it stopped: back to the other port, where the
+                // previous container (if any) still runs.
+                Some(slot) if switched => {
+                    bg.switch(1 - slot).map_err(|e| {
+                        Failure::Command(format!(
+                            "cannot write {}: {e}",
+                            bg.upstream_file.display()
+                        ))
+                    })?;
+                    format!("removed {new}, which had stopped; nginx points back to the previous container")
+                }
+                _ => format!("removed {new}, which nginx does not point to"),
+            }
         };
         // The switch may have been written and not loaded.
         if let Err(e) = bg.reload_nginx(d.step_timeout).await {

@@ -854,3 +854,72 @@ async fn blue_green_behind_nginx_never_fails_a_request() {
         "requests that failed through nginx: {failed:?}"
     );
 }
+
+/// The blue-green reconciler: a `-new` that nginx does not point to goes; one it points to
+/// passed, and takes the name.
+#[tokio::test]
+async fn the_blue_green_reconciler_follows_the_upstream_file() {
+    if !available("the_blue_green_reconciler") {
+        return;
+    }
+    let s = Site::new("bgreconcile", &["v1", "v2"]);
+    let (registry, name) = (&s.registry, &s.name);
+    let (a, b) = (free_port(), free_port());
+    let nginx = Nginx::start(a);
+    let bg = BlueGreen::new(
+        [&format!("127.0.0.1:{a}:80"), &format!("127.0.0.1:{b}:80")],
+        &nginx.upstream,
+    )
+    .expect("ports")
+    .reload(nginx.reload());
+    let handler = DockerHandler::container("deploy", &registry.repo(), name)
+        .expect("handler")
+        .tag("v*")
+        .blue_green(bg)
+        .health(Health::Http("http://127.0.0.1/".into()));
+    deploy(&handler, &push_of(registry, "v1"))
+        .await
+        .expect("v1 on slot 0");
+    let new = format!("{name}-hubhook-new");
+    let run_new = |slot: usize, port: u16| {
+        let (ok, out) = docker(&[
+            "run",
+            "--detach",
+            "--name",
+            &new,
+            "--label",
+            &format!("hubhook.slot={slot}"),
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+            &format!("{BASE}:v2"),
+        ]);
+        assert!(ok, "{out}");
+    };
+    // Killed in the gate: nginx still points to slot 0.
+    run_new(1, b);
+    let done = handler
+        .reconcile()
+        .await
+        .expect("reconcile")
+        .expect("a repair");
+    assert!(done.contains("which nginx does not point to"), "{done}");
+    assert!(container_id(&new).is_none());
+    assert_eq!(page(nginx.port).as_deref(), Some("site v1"));
+
+    // Killed after the switch was written: the new one passed and takes the name.
+    run_new(1, b);
+    std::fs::write(&nginx.upstream, format!("server 127.0.0.1:{b};\n")).expect("switch");
+    let done = handler
+        .reconcile()
+        .await
+        .expect("reconcile")
+        .expect("a repair");
+    assert!(done.contains("nginx points to it"), "{done}");
+    assert!(container_id(&new).is_none());
+    assert!(container_id(name).is_some());
+    assert_eq!(
+        page(nginx.port).as_deref(),
+        Some("site v2"),
+        "reloaded onto the new one"
+    );
+}
