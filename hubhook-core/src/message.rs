@@ -218,12 +218,14 @@ impl HubMessage {
             },
         };
         let tag = string(push.tag).unwrap_or_else(|| "latest".to_owned());
-        // A self-hosted registry may send its host in repo_name; `repo()` is always the
-        // path and the host goes to `registry`, as for every other provider.
-        let (registry, repo_name) = match split_registry(&repo_name) {
-            (Some(host), path) => (Some(host.to_owned()), path.to_owned()),
-            (None, _) => (None, repo_name),
-        };
+        // Docker Hub never sends a registry host: one in repo_name would let whoever holds
+        // the hook URL choose where an image is pulled from.
+        if let (Some(_), _) = split_registry(&repo_name) {
+            return Err(MessageError::Shape(
+                "repository repo_name names a registry host; a Docker Hub payload never does",
+            ));
+        }
+        let registry = None;
 
         let mut msg = HubMessage {
             callback_url: string(root.callback_url),
@@ -531,13 +533,18 @@ mod tests {
     }
 
     #[test]
-    fn a_registry_host_in_repo_name_moves_to_registry() {
-        let body =
-            br#"{"push_data":{"tag":"v2"},"repository":{"repo_name":"127.0.0.1:5000/team/site"}}"#;
-        let msg = HubMessage::from_json(body).expect("valid");
-        assert_eq!(msg.repo(), "team/site");
-        assert_eq!(msg.registry.as_deref(), Some("127.0.0.1:5000"));
-        assert_eq!(msg.image(), "127.0.0.1:5000/team/site:v2");
+    fn a_registry_host_in_repo_name_is_refused() {
+        // Docker Hub never sends one; taking it would let a payload choose the registry.
+        for name in [
+            "127.0.0.1:5000/team/site",
+            "evil.example/acme/site",
+            "localhost/a/b",
+        ] {
+            let body =
+                format!(r#"{{"push_data":{{"tag":"v2"}},"repository":{{"repo_name":"{name}"}}}}"#);
+            let e = HubMessage::from_json(body.as_bytes()).expect_err(name);
+            assert!(e.to_string().contains("registry host"), "{name}: {e}");
+        }
     }
 
     #[test]

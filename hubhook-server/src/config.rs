@@ -114,6 +114,8 @@ pub(crate) struct HookSpec {
     pub(crate) provider: Provider,
     pub(crate) api_keys: Vec<String>,
     pub(crate) allow_unauthenticated: bool,
+    /// The registry host a `registry` hook's images live on.
+    pub(crate) registry: Option<String>,
 }
 
 /// The certificate and key files of `[tls]`.
@@ -271,6 +273,7 @@ struct RawHook {
     tag_pointer: Option<Spanned<String>>,
     digest_pointer: Option<Spanned<String>>,
     signature_header: Option<Spanned<String>>,
+    registry: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -874,11 +877,25 @@ impl Parser<'_> {
                 }
             )));
         }
+        // A registry notification's host comes from the pusher's Host header: the hook
+        // says which registry its images live on instead.
+        let registry = match (&provider, &raw.registry) {
+            (Provider::Registry, _) => Some(required(
+                &raw.registry,
+                "registry",
+                "(the host its images live on, like \"registry.example.com\" or \"127.0.0.1:5000\")",
+            )?),
+            (_, Some(r)) => {
+                return Err(self.error_at(r.span(), &key("registry"), "applies to provider = \"registry\" only".into()))
+            }
+            (_, None) => None,
+        };
         Ok(HookSpec {
             path: path.clone(),
             provider,
             api_keys,
             allow_unauthenticated: raw.allow_unauthenticated,
+            registry,
         })
     }
 
@@ -1439,7 +1456,7 @@ mod tests {
     #[test]
     fn hooks() {
         let config = parse(
-            "[[hook]]\npath = \"/registry\"\nprovider = \"registry\"\napi_keys = [\"0123456789abcdef0123\"]\n\
+            "[[hook]]\npath = \"/registry\"\nprovider = \"registry\"\nregistry = \"127.0.0.1:5000\"\napi_keys = [\"0123456789abcdef0123\"]\n\
              [[hook]]\npath = \"/github\"\nprovider = \"github\"\nsecret = \"s\"\n",
         )
         .expect("hooks only");
@@ -1450,7 +1467,22 @@ mod tests {
         assert_eq!(config.hooks.len(), 2);
         assert_eq!(config.hooks[1].provider.name(), "github");
 
-        let e = error("[[hook]]\npath = \"/r\"\nprovider = \"registry\"\n");
+        assert_eq!(config.hooks[0].registry.as_deref(), Some("127.0.0.1:5000"));
+        let e = error("[[hook]]\npath = \"/r\"\nprovider = \"registry\"\napi_keys = [\"0123456789abcdef0123\"]\n");
+        assert!(
+            e.starts_with("hubhook.toml:1: hook[0].registry: missing required key `registry` (the host its images live on"),
+            "{e}"
+        );
+        let e = error("[[hook]]\npath = \"/g\"\nprovider = \"github\"\nsecret = \"s\"\nregistry = \"ghcr.io\"\n");
+        assert!(
+            e.starts_with(
+                "hubhook.toml:5: hook[0].registry: applies to provider = \"registry\" only"
+            ),
+            "{e}"
+        );
+        let e = error(
+            "[[hook]]\npath = \"/r\"\nprovider = \"registry\"\nregistry = \"127.0.0.1:5000\"\n",
+        );
         assert!(
             e.starts_with("hubhook.toml:1: hook[0].api_keys: no API key for this hook"),
             "{e}"
@@ -1472,7 +1504,7 @@ mod tests {
             "{e}"
         );
         let e = error(&format!(
-            "{KEY}[[hook]]\npath = \"/hubhook\"\nprovider = \"registry\"\nallow_unauthenticated = true\n"
+            "{KEY}[[hook]]\npath = \"/hubhook\"\nprovider = \"registry\"\nregistry = \"r.example\"\nallow_unauthenticated = true\n"
         ));
         assert!(
             e.starts_with("hubhook.toml:4: hook[0].path: \"/hubhook\" is already served"),

@@ -318,6 +318,9 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     for spec in &config.hooks {
         let mut hook = Hook::new(spec.path.clone(), spec.provider.clone())
             .allow_unauthenticated(spec.allow_unauthenticated);
+        if let Some(host) = &spec.registry {
+            hook = hook.registry(host);
+        }
         for key in &spec.api_keys {
             hook = hook.api_key(key);
         }

@@ -32,8 +32,16 @@ pub enum Coalesce {
 impl Coalesce {
     pub(crate) fn key(self, msg: &HubMessage, id: DeliveryId) -> String {
         match self {
-            Self::RepoTag => format!("{}:{}", msg.repo(), msg.tag()),
-            Self::Repo => msg.repo().to_owned(),
+            // The registry is part of the key: a message for another registry never
+            // replaces one for this one.
+            Self::RepoTag => match &msg.registry {
+                Some(host) => format!("{host}/{}:{}", msg.repo(), msg.tag()),
+                None => format!("{}:{}", msg.repo(), msg.tag()),
+            },
+            Self::Repo => match &msg.registry {
+                Some(host) => format!("{host}/{}", msg.repo()),
+                None => msg.repo().to_owned(),
+            },
             Self::Handler => String::new(),
             Self::Off => id.as_str().to_owned(),
         }

@@ -181,6 +181,8 @@ pub struct Hook {
     pub(crate) provider: Provider,
     pub(crate) keys: ApiKeys,
     allow_unauthenticated: bool,
+    /// The registry host this hook's images live on (registry notifications).
+    pub(crate) registry: Option<String>,
 }
 
 impl Hook {
@@ -191,7 +193,18 @@ impl Hook {
             provider,
             keys: ApiKeys::default(),
             allow_unauthenticated: false,
+            registry: None,
         }
+    }
+
+    /// The registry host (`"registry.example.com"`, `"127.0.0.1:5000"`) this hook's
+    /// images live on, for [`Provider::Registry`]: its messages name this host, and an
+    /// event for another host is ignored (200). Without it they name no host: the host
+    /// a notification carries comes from the pusher's `Host` header, never trusted.
+    #[must_use]
+    pub fn registry(mut self, host: impl Into<String>) -> Self {
+        self.registry = Some(host.into());
+        self
     }
 
     /// Adds an accepted key (`?apikey=` or `Authorization: Bearer`); several may be valid.

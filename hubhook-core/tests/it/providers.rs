@@ -39,7 +39,11 @@ async fn registry_server() -> (
 ) {
     let (recorder, rx) = Recorder::new("recorder");
     let service = HubhookService::builder()
-        .hook(Hook::new("/registry", Provider::Registry).api_key(KEY))
+        .hook(
+            Hook::new("/registry", Provider::Registry)
+                .api_key(KEY)
+                .registry("127.0.0.1:5000"),
+        )
         .handler(recorder)
         .build()
         .expect("service");
@@ -86,7 +90,7 @@ async fn registry_envelopes_act_on_tagged_manifest_pushes_only() {
     assert_eq!(
         first.registry.as_deref(),
         Some("127.0.0.1:5000"),
-        "image = request host + repository"
+        "image = the hook's registry + repository"
     );
     assert_eq!(first.repo(), "team/site");
     assert_eq!(first.digest.as_deref(), Some(DIGEST));
@@ -458,4 +462,58 @@ mod journaled {
         assert!(rx.try_recv().is_err(), "one run for one event id");
         server.stop().await;
     }
+}
+
+/// The registry a message names comes from configuration: a Docker Hub payload naming a
+/// host is refused, and a registry event for another host than the hook's is ignored.
+#[tokio::test]
+async fn no_payload_chooses_the_registry() {
+    let (recorder, mut rx) = Recorder::new("recorder");
+    let service = HubhookService::builder()
+        .api_key(KEY)
+        .hook(
+            Hook::new("/registry", Provider::Registry)
+                .api_key(KEY)
+                .registry("127.0.0.1:5000"),
+        )
+        .handler(recorder)
+        .build()
+        .expect("service");
+    let server = TestServer::start(service, Transport::Plain).await;
+    let evil = json!({"repository": {"repo_name": "evil.example/acme/site"}, "push_data": {"tag": "latest"}});
+    let r = server
+        .post(
+            &format!("/hubhook?apikey={KEY}"),
+            &["Content-Type: application/json"],
+            evil.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("registry host"), "{}", r.body);
+
+    let mut other = event("h1", "push", MANIFEST, Some("v1"));
+    other["request"]["host"] = json!("evil.example");
+    let auth = format!("Authorization: Bearer {KEY}");
+    let r = server
+        .post("/registry", &[&auth, REGISTRY_TYPE], &envelope(vec![other]))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("another registry host"), "{}", r.body);
+
+    // The hook's own host still acts, and names the configured host.
+    let r = server
+        .post(
+            "/registry",
+            &[&auth, REGISTRY_TYPE],
+            &envelope(vec![event("h2", "push", MANIFEST, Some("v1"))]),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let (msg, _) = next(&mut rx).await;
+    assert_eq!(msg.image(), format!("127.0.0.1:5000/team/site@{DIGEST}"));
+    assert!(
+        rx.try_recv().is_err(),
+        "neither refused push reached a handler"
+    );
+    server.stop().await;
 }

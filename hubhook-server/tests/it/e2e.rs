@@ -38,10 +38,11 @@ fn a_push_to_the_registry_redeploys_the_container() {
         "hubhook.toml",
         &format!(
             "listen = \"127.0.0.1:{hook_port}\"\ndata_dir = \"data\"\n\
-             [[hook]]\npath = \"/registry\"\nprovider = \"registry\"\napi_keys = [\"{KEY}\"]\n\
+             [[hook]]\npath = \"/registry\"\nprovider = \"registry\"\nregistry = \"{}\"\napi_keys = [\"{KEY}\"]\n\
              [[handler]]\nname = \"site\"\ntype = \"docker\"\nimage = \"{}\"\ncontainer = \"{name}\"\ntag = \"v*\"\n\
              run_args = [\"--init\", \"-p\", \"127.0.0.1:{page_port}:80\"]\nstop_timeout = \"1s\"\n\
              health = \"http://127.0.0.1:{page_port}/\"\ntimeout = \"2m\"\n",
+            registry.host,
             registry.repo()
         ),
     );
