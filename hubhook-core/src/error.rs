@@ -10,6 +10,12 @@ pub enum Error {
     /// No API key was given and unauthenticated hooks were not allowed.
     #[error("no API key configured; add one, or allow unauthenticated hooks explicitly")]
     NoApiKey,
+    /// An API key is empty or only white space: `?apikey=` with nothing after it would
+    /// authenticate. (A minimum length is the server's policy, not the library's.)
+    #[error(
+        "an API key is empty or only white space; give a real key (`hubhook keygen` makes one)"
+    )]
+    EmptyApiKey,
     /// The hook path does not start with `/`, has a query, or is a reserved path.
     #[error("invalid hook path {0:?}: it must start with '/' and not be /healthz or /metrics")]
     InvalidPath(String),

@@ -126,6 +126,9 @@ impl HubhookServiceBuilder {
             {
                 return Err(Error::InvalidPath(path.clone()));
             }
+            if hook.empty_key {
+                return Err(Error::EmptyApiKey);
+            }
             if hook.keys.is_empty() && !hook.allow_unauthenticated && !hook.provider.is_signed() {
                 return Err(Error::NoApiKey);
             }
@@ -181,6 +184,8 @@ pub struct Hook {
     pub(crate) provider: Provider,
     pub(crate) keys: ApiKeys,
     allow_unauthenticated: bool,
+    /// An empty or blank key was given: [`HubhookServiceBuilder::build`] refuses it.
+    empty_key: bool,
     /// The registry host this hook's images live on (registry notifications).
     pub(crate) registry: Option<String>,
 }
@@ -193,6 +198,7 @@ impl Hook {
             provider,
             keys: ApiKeys::default(),
             allow_unauthenticated: false,
+            empty_key: false,
             registry: None,
         }
     }
@@ -210,7 +216,12 @@ impl Hook {
     /// Adds an accepted key (`?apikey=` or `Authorization: Bearer`); several may be valid.
     #[must_use]
     pub fn api_key(mut self, key: impl AsRef<[u8]>) -> Self {
-        self.keys.add(key.as_ref());
+        let key = key.as_ref();
+        if key.trim_ascii().is_empty() {
+            self.empty_key = true;
+        } else {
+            self.keys.add(key);
+        }
         self
     }
 

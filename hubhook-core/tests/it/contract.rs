@@ -369,3 +369,23 @@ async fn slow_bodies_get_408() {
         server.stop().await;
     }
 }
+
+#[test]
+fn an_empty_or_blank_key_is_refused_by_the_builder() {
+    // `.api_key(std::env::var("HUBHOOK_KEY")?)` with the variable set but empty would
+    // otherwise make `?apikey=` authenticate.
+    for key in ["", "   ", "\t\n"] {
+        let built = HubhookService::builder().api_key(key).build();
+        assert!(
+            matches!(built, Err(hubhook_core::Error::EmptyApiKey)),
+            "{key:?}: {built:?}"
+        );
+    }
+    let built = HubhookService::builder()
+        .hook(hubhook_core::Hook::new("/r", hubhook_core::Provider::Registry).api_key(""))
+        .build();
+    assert!(
+        matches!(built, Err(hubhook_core::Error::EmptyApiKey)),
+        "{built:?}"
+    );
+}
