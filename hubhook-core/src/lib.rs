@@ -128,7 +128,7 @@ pub use observe::{DeliveryStatus, RunStatus, UnknownStatus};
 pub use provider::{Generic, Provider};
 pub use service::{
     Hook, HubhookService, HubhookServiceBuilder, Recovery, ReplayError, DEFAULT_MAX_BODY,
-    DEFAULT_PATH,
+    DEFAULT_PATH, DEFAULT_SIGNED_MAX_BODY,
 };
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

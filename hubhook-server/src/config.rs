@@ -68,6 +68,8 @@ pub(crate) struct Config {
     pub(crate) path: String,
     pub(crate) data_dir: PathBuf,
     pub(crate) max_body: u64,
+    /// The body limit of hooks that only a signature authenticates.
+    pub(crate) signed_max_body: u64,
     pub(crate) header_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) shutdown_grace: Duration,
@@ -175,6 +177,7 @@ impl Config {
             path: hubhook_core::DEFAULT_PATH.to_owned(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             max_body: hubhook_core::DEFAULT_MAX_BODY,
+            signed_max_body: hubhook_core::DEFAULT_SIGNED_MAX_BODY,
             header_timeout: Duration::from_secs(10),
             max_connections: 512,
             shutdown_grace: Duration::from_secs(30),
@@ -219,6 +222,7 @@ struct RawConfig {
     path: Option<Spanned<String>>,
     data_dir: Option<Spanned<String>>,
     max_body: Option<Spanned<toml::Value>>,
+    signed_max_body: Option<Spanned<toml::Value>>,
     header_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
@@ -445,6 +449,10 @@ impl Parser<'_> {
         if let Some(size) = &raw.max_body {
             config.max_body = parse_size(size.get_ref())
                 .map_err(|m| self.error_at(size.span(), "max_body", m))?;
+        }
+        if let Some(size) = &raw.signed_max_body {
+            config.signed_max_body = parse_size(size.get_ref())
+                .map_err(|m| self.error_at(size.span(), "signed_max_body", m))?;
         }
         if let Some(t) = &raw.header_timeout {
             config.header_timeout = self.duration(t, "header_timeout")?;

@@ -306,7 +306,9 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         tracing::warn!("auth.allow_unauthenticated is set and there is no key: anyone who reaches the hook can trigger handlers");
     }
 
-    let mut builder = HubhookService::builder().max_body(config.max_body);
+    let mut builder = HubhookService::builder()
+        .max_body(config.max_body)
+        .signed_max_body(config.signed_max_body);
     if config.dockerhub_hook {
         builder = builder
             .path(config.path.clone())

@@ -10,7 +10,9 @@ use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::observe::{self, Observer, Observers, Store};
 use crate::provider::{Provider, RecentEvents};
-use crate::service::{HookState, HubhookService, Inner, DEFAULT_MAX_BODY, DEFAULT_PATH};
+use crate::service::{
+    HookState, HubhookService, Inner, DEFAULT_MAX_BODY, DEFAULT_PATH, DEFAULT_SIGNED_MAX_BODY,
+};
 use crate::service::{HEALTH_PATH, METRICS_PATH};
 use crate::Error;
 
@@ -22,6 +24,7 @@ pub struct HubhookServiceBuilder {
     shorthand_used: bool,
     hooks: Vec<Hook>,
     max_body: u64,
+    signed_max_body: u64,
     read_timeout: Duration,
     max_pending: usize,
     routes: Vec<Route>,
@@ -37,6 +40,7 @@ impl HubhookServiceBuilder {
             shorthand_used: false,
             hooks: Vec::new(),
             max_body: DEFAULT_MAX_BODY,
+            signed_max_body: DEFAULT_SIGNED_MAX_BODY,
             read_timeout: Duration::from_secs(30),
             max_pending: 1024,
             routes: Vec::new(),
@@ -80,6 +84,15 @@ impl HubhookServiceBuilder {
     /// The largest body accepted, in bytes; default 1 MiB. Larger ones get 413.
     pub fn max_body(mut self, bytes: u64) -> Self {
         self.max_body = bytes;
+        self
+    }
+
+    /// The largest body a hook authenticated only by a signature (GitHub, a signed
+    /// generic hook without an API key) reads before it can check the signature; default
+    /// [`DEFAULT_SIGNED_MAX_BODY`]. Larger ones get 413. At most 32 such bodies are read at
+    /// once; more get 503 with `Retry-After`.
+    pub fn signed_max_body(mut self, bytes: u64) -> Self {
+        self.signed_max_body = bytes;
         self
     }
 
@@ -158,6 +171,8 @@ impl HubhookServiceBuilder {
                     })
                     .collect(),
                 max_body: self.max_body,
+                signed_max_body: self.signed_max_body.min(self.max_body),
+                unauthenticated_reads: tokio::sync::Semaphore::new(super::UNAUTHENTICATED_READS),
                 read_timeout: self.read_timeout,
                 draining: AtomicBool::new(false),
                 dispatcher: Dispatcher::new(self.routes, self.max_pending.max(1), observers),

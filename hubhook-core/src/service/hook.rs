@@ -58,19 +58,34 @@ impl HubhookService {
                 );
             }
         }
+        // A hook that only a signature authenticates must read the body before it knows
+        // who sent it: a smaller limit, and a bound on how many such reads go at once.
+        let signed_only = hook.keys.is_empty() && hook.provider.is_signed();
+        let limit = if signed_only {
+            self.inner.signed_max_body
+        } else {
+            self.inner.max_body
+        };
+        let _reading = match signed_only {
+            true => match self.inner.unauthenticated_reads.try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(_) => return unavailable("too many unauthenticated bodies being read"),
+            },
+            false => None,
+        };
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.inner.max_body) {
-            return self.too_large();
+        if declared.is_some_and(|len| len > limit) {
+            return too_large(limit);
         }
-        let limited = Limited::new(body, self.inner.max_body as usize);
+        let limited = Limited::new(body, limit as usize);
         let bytes = match tokio::time::timeout(self.inner.read_timeout, limited.collect()).await {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return self.too_large();
+                return too_large(limit);
             }
             Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "could not read the body"),
             Err(_) => {
@@ -252,13 +267,13 @@ impl HubhookService {
             dispatcher.start(p.reservation, p.msg, p.id);
         }
     }
+}
 
-    fn too_large(&self) -> Response<Full<Bytes>> {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body is larger than {} bytes", self.inner.max_body),
-        )
-    }
+fn too_large(limit: u64) -> Response<Full<Bytes>> {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("body is larger than {limit} bytes"),
+    )
 }
 
 /// Deliveries the store has made durable: they must start, whoever holds them. The

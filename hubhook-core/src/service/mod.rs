@@ -34,6 +34,11 @@ use response::{error, text, with_header};
 pub const DEFAULT_PATH: &str = "/hubhook";
 /// The default body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+/// The default body limit of a hook that only a signature authenticates (GitHub, signed
+/// generic): 64 KiB, several times a GitHub package event (about 10 KiB).
+pub const DEFAULT_SIGNED_MAX_BODY: u64 = 64 * 1024;
+/// Bodies read at once before any authentication, at most; more get 503.
+const UNAUTHENTICATED_READS: usize = 32;
 pub(crate) const HEALTH_PATH: &str = "/healthz";
 pub(crate) const METRICS_PATH: &str = "/metrics";
 
@@ -64,6 +69,11 @@ pub struct HubhookService {
 struct Inner {
     hooks: Vec<HookState>,
     max_body: u64,
+    /// The body limit of a hook that only a signature authenticates (read before it).
+    signed_max_body: u64,
+    /// Places for bodies read before any authentication (signed hooks): a few clients
+    /// cannot make the server hold many large bodies at once.
+    unauthenticated_reads: tokio::sync::Semaphore,
     read_timeout: Duration,
     draining: AtomicBool,
     dispatcher: Dispatcher,

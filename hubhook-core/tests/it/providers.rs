@@ -517,3 +517,71 @@ async fn no_payload_chooses_the_registry() {
     );
     server.stop().await;
 }
+
+/// A hook that only a signature authenticates reads at most `signed_max_body` before it
+/// can check it: a 1 MiB body is refused before it is read, declared or chunked.
+#[tokio::test]
+async fn a_big_body_to_a_signed_hook_is_refused_before_it_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let service = HubhookService::builder()
+        .hook(Hook::new(
+            "/github",
+            Provider::GitHub {
+                secret: "s3cret".into(),
+            },
+        ))
+        .build()
+        .expect("service");
+    let server = TestServer::start(service, Transport::Plain).await;
+
+    // Declared: 413 on the headers alone, with none of the 1 MiB sent.
+    let mut io = server.connect().await;
+    io.write_all(b"POST /github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: package\r\nContent-Length: 1048576\r\n\r\n")
+        .await
+        .expect("head");
+    let r = read_response(&mut io)
+        .await
+        .expect("an answer before the body");
+    assert_eq!(r.status, 413, "{r:?}");
+    assert!(
+        r.body
+            .contains(&hubhook_core::DEFAULT_SIGNED_MAX_BODY.to_string()),
+        "{}",
+        r.body
+    );
+
+    // Chunked: refused once the limit is passed, while most of the 1 MiB is still unsent.
+    let mut io = server.connect().await;
+    io.write_all(b"POST /github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-GitHub-Event: package\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .expect("head");
+    let chunk = vec![b' '; 16 * 1024];
+    let mut sent = 0;
+    let mut answer = Vec::new();
+    while sent < 1024 * 1024 {
+        let head = format!("{:x}\r\n", chunk.len());
+        if io.write_all(head.as_bytes()).await.is_err()
+            || io.write_all(&chunk).await.is_err()
+            || io.write_all(b"\r\n").await.is_err()
+        {
+            break;
+        }
+        sent += chunk.len();
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_millis(5), io.read(&mut buf)).await
+        {
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || answer.starts_with(b"HTTP/1.1 413") {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "{text:?} after {sent} bytes"
+    );
+    assert!(sent < 256 * 1024, "refused after {sent} of 1 MiB");
+    server.stop().await;
+}
