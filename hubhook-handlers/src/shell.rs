@@ -4,6 +4,12 @@
 //! no payload value is ever parsed as shell text or as a command-line flag. The program
 //! runs in its own process group; when the run is cancelled (timeout, shutdown) the whole
 //! group gets SIGTERM, then SIGKILL, so grandchildren do not outlive it.
+//!
+//! The group is only ever signalled while its leader (the program) is not reaped yet:
+//! the group id is the leader's pid, and once the leader is reaped (and the group empty)
+//! that number can go to an unrelated process, which a `killpg` would then hit. So the run
+//! notices the leader's exit with a wait that does not reap (`waitid` with `WNOWAIT`),
+//! signals what it must, and reaps last.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -12,13 +18,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
+use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
 
 /// How much of the program's output (stdout and stderr, interleaved) is kept by default.
 pub const DEFAULT_OUTPUT_TAIL: usize = 4096;
+
+/// How long the output readers and the stdin writer may go on once the program has exited.
+/// Output already in the pipes is read in far less; the limit is for a daemon the program
+/// left running with the pipes open, which would otherwise keep the tasks and their pipe
+/// descriptors (and the run, waiting for EOF) alive for as long as it lives.
+const IO_GRACE: Duration = Duration::from_millis(300);
+
+/// How often the leader is checked when no SIGCHLD listener could be set up.
+const EXIT_POLL: Duration = Duration::from_millis(50);
 
 /// Runs a program for each message, with the payload in its environment and on stdin.
 ///
@@ -178,59 +197,78 @@ impl Handler for ShellHandler {
         let mut child = command
             .spawn()
             .map_err(|e| HandlerError::Failed(format!("cannot start {:?}: {e}", self.argv[0])))?;
-        // The child is the leader of its own group: its pid is the group id.
-        let group = child
+        // The child is the leader of its own group: its pid is the group id. Tokio only
+        // forgets the pid once the child is reaped, which has not happened yet.
+        let Some(pid) = child
             .id()
-            .map(|id| GroupGuard(Some(Pid::from_raw(id as i32))));
-        let mut group = group.unwrap_or(GroupGuard(None));
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw)
+        else {
+            return Err(HandlerError::Failed(format!(
+                "{:?} started without a pid",
+                self.argv[0]
+            )));
+        };
+        // Declared after `child`, so dropped before it: if the run is dropped, the group is
+        // killed while the leader is still unreaped.
+        let mut group = GroupGuard(Some(pid));
+        let mut leader = Leader::new(pid);
 
         let tail = Arc::new(Mutex::new(Tail::new(self.output_tail)));
-        let readers = [
-            child
-                .stdout
-                .take()
-                .map(|out| tokio::spawn(collect(out, tail.clone()))),
-            child
-                .stderr
-                .take()
-                .map(|err| tokio::spawn(collect(err, tail.clone()))),
-        ];
+        // A JoinSet aborts its tasks when dropped, so even a dropped run closes the pipes.
+        let mut io = JoinSet::new();
+        if let Some(out) = child.stdout.take() {
+            io.spawn(collect(out, tail.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            io.spawn(collect(err, tail.clone()));
+        }
         if let Some(mut stdin) = child.stdin.take() {
             // A program that never reads stdin must not block the run: write in the
             // background and ignore a closed pipe.
-            tokio::spawn(async move {
+            io.spawn(async move {
                 let _ = stdin.write_all(&stdin_json).await;
             });
         }
 
-        let status = tokio::select! {
-            status = child.wait() => status,
+        // Nothing here reaps the leader before `child.wait()` below: until then its pid,
+        // alive or a zombie, is sure to still name our group.
+        tokio::select! {
+            _ = leader.exited() => {}
             () = ctx.cancelled() => {
                 group.signal(Signal::SIGTERM);
-                let status = match tokio::time::timeout(self.kill_grace, child.wait()).await {
-                    Ok(status) => status,
+                let exited = match tokio::time::timeout(self.kill_grace, leader.exited()).await {
+                    Ok(exited) => exited,
                     Err(_) => {
                         group.signal(Signal::SIGKILL);
-                        child.wait().await
+                        leader.exited().await
                     }
                 };
-                // Whatever is left of the group goes too.
-                group.signal(Signal::SIGKILL);
+                // Whatever is left of the group goes too. The leader is a zombie, not
+                // reaped, so the group id is still ours; when it could not be waited for
+                // (someone else reaped it), the id may be reused and is left alone.
+                if exited.is_ok() {
+                    group.signal(Signal::SIGKILL);
+                }
                 group.disarm();
-                let output = finish(readers, &tail).await;
+                let status = child.wait().await;
+                let output = drain(io, &tail).await;
                 tracing::warn!(
                     handler = %self.name, delivery = %ctx.delivery(), ?status, output = %output,
                     "stopped the command and its process group"
                 );
                 return Err(HandlerError::Cancelled);
             }
-        };
+        }
         // The program exited on its own: what it left running in the background is its
-        // business (a daemon it started, say).
+        // business (a daemon it started, say). Disarm before reaping: after it, the guard
+        // could signal a stranger.
         group.disarm();
+        let status = child.wait().await;
+        // A daemon may hold the pipes; the output is what arrived within the grace.
+        let output = drain(io, &tail).await;
         let status = status
             .map_err(|e| HandlerError::Failed(format!("waiting for the command failed: {e}")))?;
-        let output = finish(readers, &tail).await;
         tracing::info!(
             handler = %self.name, delivery = %ctx.delivery(), status = %describe(status),
             output = %output, "command finished"
@@ -249,7 +287,45 @@ impl Handler for ShellHandler {
     }
 }
 
-/// Kills the process group if the run is dropped before the program was reaped.
+/// Notices the group leader's exit without reaping it.
+struct Leader {
+    pid: Pid,
+    /// Wakes the check on every child exit in the process; `None` falls back to polling.
+    sigchld: Option<tokio::signal::unix::Signal>,
+}
+
+impl Leader {
+    fn new(pid: Pid) -> Self {
+        // Set up before the first check, so an exit after that check is never missed.
+        let sigchld = signal(SignalKind::child()).ok();
+        Self { pid, sigchld }
+    }
+
+    /// Completes once the leader has exited, leaving it a zombie: not reaped, so its pid
+    /// (the group id) cannot be given to another process yet. An error means it cannot
+    /// be waited for (something else reaped it), and its pid may already be reused.
+    async fn exited(&mut self) -> Result<(), Errno> {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+        loop {
+            match waitid(Id::Pid(self.pid), flags) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            match &mut self.sigchld {
+                Some(sigchld) => {
+                    if sigchld.recv().await.is_none() {
+                        self.sigchld = None;
+                    }
+                }
+                None => tokio::time::sleep(EXIT_POLL).await,
+            }
+        }
+    }
+}
+
+/// Kills the process group if the run is dropped before the program was reaped. It must
+/// be disarmed before the leader is reaped: only until then is the group id surely ours.
 struct GroupGuard(Option<Pid>);
 
 impl GroupGuard {
@@ -280,11 +356,14 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Waits briefly for the output readers: a grandchild that keeps the pipes open must not
-/// hold the run.
-async fn finish(readers: [Option<tokio::task::JoinHandle<()>>; 2], tail: &Mutex<Tail>) -> String {
-    for reader in readers.into_iter().flatten() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+/// Lets the output readers and the stdin writer finish for up to [`IO_GRACE`], then stops
+/// them, and returns the output tail. When this returns, the tasks are gone and their ends
+/// of the pipes closed, whatever the program left holding the other ends.
+async fn drain(mut io: JoinSet<()>, tail: &Mutex<Tail>) -> String {
+    let all = async { while io.join_next().await.is_some() {} };
+    if tokio::time::timeout(IO_GRACE, all).await.is_err() {
+        io.abort_all();
+        while io.join_next().await.is_some() {}
     }
     tail.lock().map(|t| t.text()).unwrap_or_default()
 }

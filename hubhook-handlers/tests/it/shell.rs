@@ -222,3 +222,139 @@ async fn payload_text_is_never_run() {
     let said = std::fs::read_to_string(out.path().join("said")).expect("said");
     assert_eq!(said.trim(), format!("deploying for {pusher}"));
 }
+
+/// The pipe behind descriptor `fd` of `pid`, as `/proc` names it (`pipe:[1234]`).
+fn pipe_of(pid: i32, fd: i32) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let link = link.to_string_lossy().into_owned();
+    link.starts_with("pipe:").then_some(link)
+}
+
+/// Which of `pipes` this process still has a descriptor for. Other tests running at the
+/// same time open and close descriptors of their own, so a bare count of `/proc/self/fd`
+/// would be flaky; these pipes are the ones the run made, and no other test has them.
+fn held_by_us(pipes: &[String]) -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .filter(|link| pipes.contains(link))
+        .collect()
+}
+
+/// Kills the process groups a test left running, also when an assertion fails.
+struct Groups(Vec<i32>);
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for pgid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .status();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_holding_the_pipes_neither_holds_the_run_nor_leaks_them() {
+    let out = TempDir::new("daemon");
+    // The background child keeps stdout, stderr and (past the /dev/null an asynchronous
+    // list gets) stdin for 30 s, and never reads. The payload is bigger than a pipe holds,
+    // so the stdin writer stays blocked for as long as the daemon lives. The daemon writes
+    // its pid once its descriptors are in place, then becomes `sleep`.
+    let handler = sh(
+        r#"exec 3<&0
+        sh -c 'echo $$ > "$OUT/daemon"; exec sleep 30' <&3 3<&- &
+        echo $$ > "$OUT/group"; echo started"#,
+        &out,
+    );
+    let pusher = "x".repeat(256 * 1024);
+    let mut groups = Groups(Vec::new());
+    for run in 0..3 {
+        let _ = std::fs::remove_file(out.path().join("daemon"));
+        let started = std::time::Instant::now();
+        let outcome = handler
+            .handle(
+                &message("acme/site", "v2", &pusher),
+                &Context::new(DeliveryId::generate()),
+            )
+            .await
+            .expect("exit 0 is success");
+        let took = started.elapsed();
+        groups.0.push(
+            wait_for_file(&out.path().join("group"))
+                .await
+                .trim()
+                .parse()
+                .expect("pgid"),
+        );
+        let daemon: i32 = wait_for_file(&out.path().join("daemon"))
+            .await
+            .trim()
+            .parse()
+            .expect("pid");
+        assert_eq!(outcome.summary, "exit status 0; output: started");
+        assert!(
+            took < Duration::from_secs(3),
+            "run {run} took {took:?}: the daemon held it"
+        );
+        assert!(alive(daemon), "the daemon outlives the run");
+        let pipes: Vec<String> = (0..3).filter_map(|fd| pipe_of(daemon, fd)).collect();
+        assert_eq!(
+            pipes.len(),
+            3,
+            "the daemon holds all three pipes: {pipes:?}"
+        );
+        assert_eq!(
+            held_by_us(&pipes),
+            Vec::<String>::new(),
+            "run {run}: the readers and the stdin writer closed their ends of the pipes"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_timeout_kills_what_survives_sigterm_after_the_program_left() {
+    let out = TempDir::new("survivor");
+    // The program leaves on SIGTERM; the grandchild ignores it, so only the SIGKILL the
+    // group gets once the program has exited (and before it is reaped) stops it.
+    let handler = sh(
+        r#"trap 'exit 0' TERM
+        sh -c 'trap "" TERM; echo $$ > "$OUT/grandchild"; exec sleep 300' &
+        echo $$ > "$OUT/child"; wait"#,
+        &out,
+    );
+    let service = HubhookService::builder()
+        .allow_unauthenticated(true)
+        .route(Route::new(handler).timeout(Duration::from_millis(500)))
+        .build()
+        .expect("service");
+    let request = http::Request::post("/hubhook")
+        .body(Full::new(Bytes::from(hubhook_core::EXAMPLE_PAYLOAD)))
+        .expect("request");
+    assert_eq!(service.respond(request).await.status(), 202);
+
+    let child: i32 = wait_for_file(&out.path().join("child"))
+        .await
+        .trim()
+        .parse()
+        .expect("pid");
+    let _groups = Groups(vec![child]);
+    let grandchild: i32 = wait_for_file(&out.path().join("grandchild"))
+        .await
+        .trim()
+        .parse()
+        .expect("pid");
+    let mut gone = false;
+    for _ in 0..500 {
+        if !alive(grandchild) && !alive(child) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the grandchild that ignored SIGTERM was killed");
+    assert!(service.shutdown(Duration::from_secs(5)).await);
+}
