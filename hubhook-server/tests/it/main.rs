@@ -8,6 +8,7 @@ mod check;
 mod e2e;
 mod journal;
 mod plugins;
+mod send;
 mod serve;
 mod support;
 mod swaps;
