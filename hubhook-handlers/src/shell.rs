@@ -66,7 +66,7 @@ const EXIT_POLL: Duration = Duration::from_millis(50);
 ///     .env("COMPOSE_PROJECT_NAME", "site");
 /// # Ok::<(), hubhook_handlers::ShellError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ShellHandler {
     name: String,
     argv: Vec<String>,
@@ -74,6 +74,25 @@ pub struct ShellHandler {
     env: Vec<(String, String)>,
     output_tail: usize,
     kill_grace: Duration,
+}
+
+/// The configured environment's values are often tokens: `Debug` shows the names only.
+impl std::fmt::Debug for ShellHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<String> = self
+            .env
+            .iter()
+            .map(|(k, _)| format!("{k}=<redacted>"))
+            .collect();
+        f.debug_struct("ShellHandler")
+            .field("name", &self.name)
+            .field("argv", &self.argv)
+            .field("workdir", &self.workdir)
+            .field("env", &env)
+            .field("output_tail", &self.output_tail)
+            .field("kill_grace", &self.kill_grace)
+            .finish()
+    }
 }
 
 /// Why a [`ShellHandler`] could not be built.
@@ -423,6 +442,16 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_env_values() {
+        let shell = ShellHandler::new("deploy", ["/bin/true"])
+            .expect("handler")
+            .env("DEPLOY_TOKEN", "hunter2-secret");
+        let shown = format!("{shell:?}");
+        assert!(shown.contains("DEPLOY_TOKEN=<redacted>"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
 
     #[test]
     fn tail_keeps_the_end() {

@@ -59,6 +59,30 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// API keys: a list whose `Debug` shows how many, never what.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct Keys(pub(crate) Vec<String>);
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} key(s), redacted]", self.0.len())
+    }
+}
+
+impl std::ops::Deref for Keys {
+    type Target = Vec<String>;
+
+    fn deref(&self) -> &Vec<String> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Keys {
+    fn deref_mut(&mut self) -> &mut Vec<String> {
+        &mut self.0
+    }
+}
+
 /// The server's settings, checked and with defaults filled in.
 #[derive(Debug)]
 pub(crate) struct Config {
@@ -81,7 +105,7 @@ pub(crate) struct Config {
     pub(crate) keep_deliveries: Option<u64>,
     /// Docker Hub's legacy callback, when enabled.
     pub(crate) callback: Option<CallbackSpec>,
-    pub(crate) api_keys: Vec<String>,
+    pub(crate) api_keys: Keys,
     pub(crate) allow_unauthenticated: bool,
     pub(crate) tls: Option<TlsFiles>,
     /// Whether the Docker Hub hook of the top-level `path` and `[auth]` is served.
@@ -114,7 +138,7 @@ pub(crate) struct QueueSpec {
 pub(crate) struct HookSpec {
     pub(crate) path: String,
     pub(crate) provider: Provider,
-    pub(crate) api_keys: Vec<String>,
+    pub(crate) api_keys: Keys,
     pub(crate) allow_unauthenticated: bool,
     /// The registry host a `registry` hook's images live on.
     pub(crate) registry: Option<String>,
@@ -185,7 +209,7 @@ impl Config {
             keep: Some(DEFAULT_KEEP),
             keep_deliveries: Some(DEFAULT_KEEP_DELIVERIES),
             callback: None,
-            api_keys: Vec::new(),
+            api_keys: Keys::default(),
             allow_unauthenticated: false,
             tls: None,
             dockerhub_hook: true,
@@ -368,7 +392,7 @@ impl Parser<'_> {
                 file: self.file.to_owned(),
                 line: inner.span().map(|s| self.line_of(s.start)),
                 key: (path != "." && !path.is_empty()).then_some(path),
-                message: inner.message().trim().to_owned(),
+                message: without_values(inner.message().trim()),
             }
         })?;
 
@@ -473,12 +497,12 @@ impl Parser<'_> {
                 })?;
         }
 
-        config.api_keys = self.keys(
+        config.api_keys = Keys(self.keys(
             &raw.auth.api_keys,
             raw.auth.api_keys_file.as_ref(),
             "auth",
             base,
-        )?;
+        )?);
         config.allow_unauthenticated = raw.auth.allow_unauthenticated;
         // With [[hook]] tables, the top-level Docker Hub hook is served only when asked for.
         config.dockerhub_hook = raw.hooks.is_empty()
@@ -901,7 +925,7 @@ impl Parser<'_> {
         Ok(HookSpec {
             path: path.clone(),
             provider,
-            api_keys,
+            api_keys: Keys(api_keys),
             allow_unauthenticated: raw.allow_unauthenticated,
             registry,
         })
@@ -1181,13 +1205,38 @@ impl Parser<'_> {
 /// no path yet: serde names it in the message.
 fn offending_key(e: serde_path_to_error::Error<toml::de::Error>) -> (String, String) {
     let path = e.path().to_string();
-    let message = e.into_inner().message().trim().to_owned();
+    let message = without_values(e.into_inner().message().trim());
     let name = if path == "." {
         message.split('`').nth(1).unwrap_or("").to_owned()
     } else {
         path
     };
     (name, message)
+}
+
+/// serde's message without the value it quotes (`invalid type: string "…", expected a
+/// sequence`): a mistyped `api_keys = "KEY"` or `secret = …` must not echo the secret.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at]);
+        out.push_str("string");
+        let quoted = &rest[at + "string \"".len()..];
+        // The value ends at the first quote that is not escaped.
+        let mut escaped = false;
+        let end = quoted
+            .char_indices()
+            .find(|&(_, c)| {
+                let close = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                close
+            })
+            .map_or(quoted.len(), |(i, _)| i + 1);
+        rest = &quoted[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Parses `1048576`, `"512KiB"`, `"1MiB"`, `"2MB"` into bytes.
@@ -1459,6 +1508,18 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn debug_shows_no_key() {
+        let config = parse(&format!(
+            "{KEY}[[hook]]\npath = \"/r\"\nprovider = \"registry\"\nregistry = \"r.example\"\napi_keys = [\"another-key-0123456789\"]\n"
+        ))
+        .expect("config");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
+        assert!(!shown.contains("another-key"), "{shown}");
+        assert!(shown.contains("key(s), redacted"), "{shown}");
     }
 
     #[test]

@@ -313,7 +313,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         builder = builder
             .path(config.path.clone())
             .allow_unauthenticated(config.allow_unauthenticated);
-        for key in &config.api_keys {
+        for key in config.api_keys.iter() {
             builder = builder.api_key(key);
         }
     }
@@ -323,7 +323,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         if let Some(host) = &spec.registry {
             hook = hook.registry(host);
         }
-        for key in &spec.api_keys {
+        for key in spec.api_keys.iter() {
             hook = hook.api_key(key);
         }
         builder = builder.hook(hook);

@@ -216,3 +216,51 @@ fn the_sample_config_in_examples_passes() {
         "{stdout}"
     );
 }
+
+/// A planted key never appears in what `check`, `deliveries`, `keygen`-free commands or any
+/// config error print, however the key is mistyped.
+#[test]
+fn a_planted_key_is_in_no_output() {
+    const PLANTED: &str = "planted-secret-0123456789abcdefXYZ";
+    let dir = TempDir::new("check-planted");
+    let texts = [
+        // Good: check prints a summary.
+        format!("[auth]\napi_keys = [\"{PLANTED}\"]\n"),
+        // A string where a list belongs.
+        format!("[auth]\napi_keys = \"{PLANTED}\"\n"),
+        // A key in the wrong table, or under a mistyped name.
+        format!("[auth]\napi_key = [\"{PLANTED}\"]\n"),
+        format!("[auth]\napi_keys = [\"{PLANTED}\"]\nlisten = \"{PLANTED}\"\n"),
+        // A secret of the wrong type, and a hook's keys as a string.
+        format!("[[hook]]\npath = \"/g\"\nprovider = \"github\"\nsecret = [\"{PLANTED}\"]\n"),
+        format!("[[hook]]\npath = \"/r\"\nprovider = \"registry\"\nregistry = \"r.example\"\napi_keys = \"{PLANTED}\"\n"),
+        // A key that is too short to be one: named, not shown.
+        "[auth]\napi_keys = [\"planted\"]\n".to_owned(),
+        // A TOML syntax error on the key's line.
+        format!("[auth]\napi_keys = [\"{PLANTED}\"\n"),
+    ];
+    for text in &texts {
+        let (_, stdout, stderr) = check(&dir, text);
+        for out in [&stdout, &stderr] {
+            assert!(!out.contains(PLANTED), "{text}\nprinted the key: {out}");
+            assert!(
+                !out.contains("planted\""),
+                "{text}\nprinted the short key: {out}"
+            );
+        }
+    }
+    // The journal commands read the same file: no key in their output either.
+    dir.write("hubhook.toml", &texts[0]);
+    for args in [
+        &["deliveries", "--config", "hubhook.toml", "list"][..],
+        &["--help"][..],
+    ] {
+        let out = hubhook(args, dir.path());
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(PLANTED), "{args:?}: {all}");
+    }
+}
