@@ -63,10 +63,12 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{hook_port}\"\ndata_dir = \"data\"\n[auth]\napi_keys = [\"{KEY}\"]\n\
+            "listen = \"127.0.0.1:{hook_port}\"\ndata_dir = \"data\"\n\
+             [[hook]]\npath = \"/registry\"\nprovider = \"registry\"\nregistry = \"{}\"\napi_keys = [\"{KEY}\"]\n\
              [[handler]]\nname = \"site\"\ntype = \"docker\"\nimage = \"{repo}\"\ncontainer = \"{hook_container}\"\n\
              tag = \"v*\"\nrun_args = [\"--init\", \"-p\", \"127.0.0.1:{hook_page}:80\"]\nstop_timeout = \"1s\"\n\
-             health = \"http://127.0.0.1:{hook_page}/\"\n"
+             health = \"http://127.0.0.1:{hook_page}/\"\n",
+            registry.host
         ),
     )
     .expect("config");
@@ -155,11 +157,16 @@ fn hook_deploy(port: u16, repo: &str, tag: &str, page_port: u16, log: &Arc<Mutex
     let _ = docker(&["image", "rm", &format!("{repo}:{tag}")]);
     let seen = log.lock().expect("log").len();
     let gaps = Gaps::watch(page_port);
+    // The registry's own notification of the push (a Docker Hub payload never names a
+    // registry host).
+    static EVENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let id = EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (host, path) = repo.split_once('/').expect("a registry repository");
     let body = format!(
-        r#"{{"push_data":{{"tag":"{tag}","pusher":"bench"}},"repository":{{"repo_name":"{repo}"}}}}"#
+        r#"{{"events":[{{"id":"bench-{id}","action":"push","target":{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","repository":"{path}","tag":"{tag}"}},"request":{{"host":"{host}"}},"actor":{{"name":"bench"}}}}]}}"#
     );
     let started = Instant::now();
-    let status = post(port, &format!("/hubhook?apikey={KEY}"), &body);
+    let status = post(port, "/registry", &body);
     assert_eq!(status, 202, "the webhook was not accepted");
     let (total, _) = wait_for_page(page_port, tag, started);
     let down = gaps.longest();
@@ -293,7 +300,7 @@ fn post(port: u16, target: &str, body: &str) -> u16 {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect to hubhook");
     write!(
         tcp,
-        "POST {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("send webhook");

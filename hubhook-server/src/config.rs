@@ -112,6 +112,8 @@ pub(crate) struct Config {
     pub(crate) dockerhub_hook: bool,
     pub(crate) hooks: Vec<HookSpec>,
     pub(crate) handlers: Vec<HandlerSpec>,
+    /// What `check` prints and `serve` logs as warnings (a config file others can read).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// The `[callback]` table, when `enabled = true`.
@@ -212,6 +214,7 @@ impl Config {
             api_keys: Keys::default(),
             allow_unauthenticated: false,
             tls: None,
+            warnings: Vec::new(),
             dockerhub_hook: true,
             hooks: Vec::new(),
             handlers: vec![HandlerSpec {
@@ -235,8 +238,34 @@ impl Config {
             key: None,
             message: format!("cannot read the file: {e}"),
         })?;
-        Parser { file, text: &text }.parse()
+        let mut config = Parser { file, text: &text }.parse()?;
+        // A file that holds keys or secrets is as secret as they are; ssh warns likewise.
+        let holds_secrets = text.contains("api_keys") || text.contains("secret");
+        if let (true, Err(why)) = (holds_secrets, private(file)) {
+            config
+                .warnings
+                .push(format!("{why} (it holds keys or secrets)"));
+        }
+        Ok(config)
     }
+}
+
+/// Refuses a file that holds a secret and that group or others may read, as ssh does,
+/// naming the file and the `chmod` that fixes it.
+pub(crate) fn private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is readable by its group or others (mode {mode:o}): chmod 600 {}",
+        path.display(),
+        path.display()
+    ))
 }
 
 #[derive(Deserialize)]
@@ -544,6 +573,7 @@ impl Parser<'_> {
                 };
                 return Err(self.error_at(span, name, e.to_string()));
             }
+            private(&key).map_err(|m| self.error_at(tls.key.span(), "tls.key", m))?;
             config.tls = Some(TlsFiles { cert, key });
         }
 
@@ -797,6 +827,7 @@ impl Parser<'_> {
                     format!("cannot read {}: {e}", path.display()),
                 )
             })?;
+            private(&path).map_err(|m| self.error_at(file.span(), &name, m))?;
             for (i, line) in text.lines().enumerate() {
                 let key = line.trim();
                 if key.is_empty() || key.starts_with('#') {

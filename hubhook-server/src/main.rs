@@ -135,6 +135,9 @@ fn main() -> ExitCode {
                 if config.dockerhub_hook {
                     paths.insert(0, config.path.clone());
                 }
+                for warning in &config.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!(
                     "{}: ok; listens on {}{} ({}), handlers: {}",
                     config.file.as_deref().unwrap_or(&config.data_dir).display(),
@@ -292,6 +295,9 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::defaults(),
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     if let Some(addr) = listen {
         config.listen = addr;
     }

@@ -44,6 +44,16 @@ impl TempDir {
         path
     }
 
+    /// Writes `text` to `name` inside the directory, readable by its owner only (0600):
+    /// what a key file must be for hubhook to read it.
+    pub fn write_private(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write(name, text);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod temp file");
+        path
+    }
+
     /// Writes `text` to `name` inside the directory as an executable script (0755).
     pub fn write_script(&self, name: &str, text: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;

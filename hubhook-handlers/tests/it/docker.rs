@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hubhook_core::{Context, DeliveryId, Handler, HandlerError, HubMessage, HubhookService, Route};
+use hubhook_core::{
+    Context, DeliveryId, Handler, HandlerError, Hook, HubMessage, HubhookService, Provider, Route,
+};
 use hubhook_handlers::{BlueGreen, DockerHandler, Health};
 
 use hubhook_testkit::*;
@@ -488,16 +490,23 @@ async fn a_timeout_in_the_middle_of_a_swap_does_not_leave_the_site_down() {
     // run's timeout (1 s) and the cleanup window after it (5 s) end while it is stopping.
     let handler = s.handler().stop_timeout(Duration::from_secs(8));
     s.v1_running(&handler).await;
+    // The registry's own notification (a Docker Hub payload never names a registry).
     let service = HubhookService::builder()
-        .allow_unauthenticated(true)
+        .hook(
+            Hook::new("/registry", Provider::Registry)
+                .registry(&registry.host)
+                .allow_unauthenticated(true),
+        )
         .route(Route::new(handler).timeout(Duration::from_secs(1)))
         .build()
         .expect("service");
-    let body = serde_json::json!({
-        "push_data": {"tag": "v2"},
-        "repository": {"repo_name": registry.repo()},
-    });
-    let request = http::Request::post("/hubhook")
+    let body = serde_json::json!({"events": [{
+        "id": "midswap-v2", "action": "push",
+        "target": {"mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                   "repository": hubhook_testkit::BASE, "tag": "v2"},
+        "request": {"host": registry.host},
+    }]});
+    let request = http::Request::post("/registry")
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("request");
     assert_eq!(service.respond(request).await.status(), 202);

@@ -264,3 +264,62 @@ fn a_planted_key_is_in_no_output() {
         assert!(!all.contains(PLANTED), "{args:?}: {all}");
     }
 }
+
+/// Files that hold secrets must be private, as ssh requires: a key file or a TLS key that
+/// its group or others can read is refused with the file and the chmod that fixes it; a
+/// config file that holds keys gets a warning.
+#[test]
+fn secret_files_others_can_read_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("check-modes");
+    let open = |name: &str| {
+        std::fs::set_permissions(
+            dir.path().join(name),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+    };
+    dir.write_private("keys.txt", "0123456789abcdef0123456789\n");
+    open("keys.txt");
+    let got = refused(&dir, "[auth]\napi_keys_file = \"keys.txt\"\n");
+    assert!(
+        got.starts_with("error: hubhook.toml:2: auth.api_keys_file: ")
+            && got.contains("keys.txt is readable by its group or others (mode 644): chmod 600 "),
+        "{got}"
+    );
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    dir.write("cert.pem", &cert.cert.pem());
+    dir.write("key.pem", &cert.key_pair.serialize_pem());
+    open("key.pem");
+    let got = refused(
+        &dir,
+        &format!("{AUTH}\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"),
+    );
+    assert!(
+        got.starts_with("error: hubhook.toml:6: tls.key: ")
+            && got.contains("key.pem is readable by its group or others"),
+        "{got}"
+    );
+    // Private, both pass; the config file itself (0644, with a key in it) is warned about.
+    std::fs::set_permissions(
+        dir.path().join("keys.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    std::fs::set_permissions(
+        dir.path().join("key.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    let (code, _, stderr) = check(
+        &dir,
+        &format!("{AUTH}\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("hubhook.toml is readable by its group or others")
+            && stderr.contains("holds keys or secrets"),
+        "{stderr}"
+    );
+}

@@ -158,7 +158,7 @@ fn tls_from_the_config_serves_https() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .expect("cert");
     dir.write("cert.pem", &cert.cert.pem());
-    dir.write("key.pem", &cert.key_pair.serialize_pem());
+    dir.write_private("key.pem", &cert.key_pair.serialize_pem());
     let config = config(&dir, "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
     let mut server = Server::start(
         &["--config", config.to_str().expect("utf8")],

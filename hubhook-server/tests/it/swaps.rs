@@ -71,11 +71,12 @@ impl Scene {
             "hubhook.toml",
             &format!(
                 "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nshutdown_grace = \"20s\"\n\
-                 [auth]\napi_keys = [\"{KEY}\"]\n\
+                 [[hook]]\npath = \"/registry\"\nprovider = \"registry\"\nregistry = \"{}\"\napi_keys = [\"{KEY}\"]\n\
                  [[handler]]\nname = \"site\"\ntype = \"docker\"\nimage = \"{}\"\ncontainer = \"{name}\"\n\
                  tag = \"v*\"\ndocker = \"{}\"\nrun_args = [\"-p\", \"127.0.0.1:{port}:80\"]\n\
                  stop_timeout = \"1s\"\nstep_timeout = \"5s\"\nhealth = \"http://127.0.0.1:{port}/\"\n\
                  health_timeout = \"{}s\"\n",
+                registry.host,
                 registry.repo(),
                 wrapper.display(),
                 HEALTH_TIMEOUT.as_secs(),
@@ -96,16 +97,22 @@ impl Scene {
         Server::start(&["--config", "hubhook.toml"], self.dir.path(), &[])
     }
 
+    /// The registry's notification of a push of `tag`, as the registry sends it.
     fn push(&self, server: &Server, tag: &str) {
+        static EVENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = format!(
-            r#"{{"push_data":{{"tag":"{tag}"}},"repository":{{"repo_name":"{}"}}}}"#,
-            self.registry.repo()
+            r#"{{"events":[{{"id":"{}-{id}","action":"push","target":{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","repository":"hubhook-test/site","tag":"{tag}"}},"request":{{"host":"{}"}}}}]}}"#,
+            self.name, self.registry.host
         );
         let (status, answer) = request(
             server.addr,
             "POST",
-            &format!("/hubhook?apikey={KEY}"),
-            &[],
+            "/registry",
+            &[
+                &format!("Authorization: Bearer {KEY}"),
+                "Content-Type: application/vnd.docker.distribution.events.v1+json",
+            ],
             body.as_bytes(),
         );
         assert_eq!(status, 202, "{answer}");
