@@ -250,6 +250,35 @@ impl Config {
     }
 }
 
+/// The data dir `file` names, read without anything else: `hubhook deliveries` needs only
+/// this, and must not load plugins or read TLS and key files to find it.
+pub(crate) fn data_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
+    let fail = |line: Option<usize>, key: Option<&str>, message: String| ConfigError {
+        file: file.to_owned(),
+        line,
+        key: key.map(str::to_owned),
+        message,
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| fail(None, None, format!("cannot read the file: {e}")))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        fail(line, None, without_values(e.message().trim()))
+    })?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    match table.get("data_dir") {
+        None => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
+        Some(toml::Value::String(dir)) => Ok(base.join(dir)),
+        Some(other) => Err(fail(
+            None,
+            Some("data_dir"),
+            format!("must be a path, not {}", other.type_str()),
+        )),
+    }
+}
+
 /// Refuses a file that holds a secret and that group or others may read, as ssh does,
 /// naming the file and the `chmod` that fixes it.
 pub(crate) fn private(path: &Path) -> Result<(), String> {

@@ -36,8 +36,15 @@ impl Drop for Control {
 pub(crate) fn start(data_dir: &Path, service: HubhookService) -> Result<Control, String> {
     let path = data_dir.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .map_err(|e| format!("cannot bind the control socket {}: {e}", path.display()))?;
+    // Created 0600 by the umask itself: no moment in which another user could connect.
+    // (The umask is the process's; a file another thread creates meanwhile only gets
+    // stricter modes.)
+    use nix::sys::stat::{umask, Mode};
+    let before = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&path);
+    umask(before);
+    let listener =
+        bound.map_err(|e| format!("cannot bind the control socket {}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
     tokio::spawn(async move {

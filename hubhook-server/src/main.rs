@@ -168,8 +168,9 @@ fn main() -> ExitCode {
         } => {
             let data_dir = match (data_dir, config) {
                 (Some(dir), _) => dir,
-                (None, Some(file)) => match Config::load(&file) {
-                    Ok(config) => config.data_dir,
+                // Only the data dir: no plugin is loaded, no TLS or key file read.
+                (None, Some(file)) => match config::data_dir_of(&file) {
+                    Ok(dir) => dir,
                     Err(e) => {
                         eprintln!("error: {e}");
                         return ExitCode::FAILURE;

@@ -323,3 +323,29 @@ fn secret_files_others_can_read_are_refused() {
         "{stderr}"
     );
 }
+
+/// `hubhook deliveries --config` reads only `data_dir`: a plugin that cannot load or a TLS
+/// key that cannot be read does not stand between an operator and the journal.
+#[test]
+fn deliveries_reads_only_the_data_dir() {
+    let dir = TempDir::new("check-deliveries");
+    dir.write(
+        "hubhook.toml",
+        &format!("data_dir = \"journal-here\"\n{AUTH}\n[tls]\ncert = \"absent.pem\"\nkey = \"absent.key\"\n\
+                  [[handler]]\ntype = \"plugin\"\npath = \"absent.so\"\n"),
+    );
+    let out = hubhook(
+        &["deliveries", "--config", "hubhook.toml", "list"],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("journal-here") && stderr.contains("no journal here"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("absent"),
+        "nothing else was read: {stderr}"
+    );
+}
