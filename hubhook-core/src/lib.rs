@@ -120,7 +120,7 @@ struct ReadmeDoctests;
 pub use dispatch::{Coalesce, Pattern, Route, DEFAULT_BACKOFF, DEFAULT_MAX_CONCURRENCY};
 pub use error::Error;
 pub use handler::{Context, DeliveryId, Handler, HandlerError, InvalidDeliveryId, Outcome};
-pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
+pub use listener::{Listener, ListenerBuilder, ShutdownHandle, DEFAULT_MAX_CONNECTIONS_PER_IP};
 pub use message::{
     HubMessage, MessageError, PushData, Repository, EXAMPLE_PAYLOAD, SOURCE_DOCKERHUB,
 };

@@ -71,6 +71,7 @@ struct Settings {
     header_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
+    max_per_ip: usize,
     grace: Duration,
 }
 
@@ -116,8 +117,9 @@ impl ListenerBuilder {
         self
     }
 
-    /// How long a connection may stay silent between requests before it is closed;
-    /// default 60 s.
+    /// How long a connection may go without a webhook before it is closed, whatever else
+    /// it sends (HTTP/2 pings, `/healthz` or `/metrics` requests); default 60 s. A request
+    /// in flight (a slow body has the read timeout) keeps it open.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.settings.idle_timeout = timeout;
         self
@@ -127,6 +129,15 @@ impl ListenerBuilder {
     /// kernel's accept queue.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.settings.max_connections = connections.max(1);
+        self
+    }
+
+    /// The most connections one IP address may hold at once; default 64, so one client
+    /// cannot hold every slot of [`max_connections`](Self::max_connections). Past it, a
+    /// new connection from that address is closed at once. (Behind a proxy every
+    /// connection comes from the proxy: raise it, or count on the proxy's own limits.)
+    pub fn max_connections_per_ip(mut self, connections: usize) -> Self {
+        self.settings.max_per_ip = connections.max(1);
         self
     }
 
@@ -169,6 +180,7 @@ impl Listener {
                 header_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(60),
                 max_connections: 512,
+                max_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
                 grace: Duration::from_secs(30),
             },
         }
@@ -222,13 +234,16 @@ impl Listener {
             .max_buf_size(64 * 1024);
         http.http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(64)
+            // A registry sends one webhook at a time; 16 streams bound what one
+            // connection can ask for at once (each may hold a body up to max_body).
+            .max_concurrent_streams(16)
             .max_header_list_size(64 * 1024);
         // No HTTP/2 keep-alive pings: their traffic would keep idle connections "active";
         // the idle timeout below closes silent connections of both versions instead.
         let http = Arc::new(http);
         let connections = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections));
+        let peers = Arc::new(Peers::default());
 
         loop {
             let permit = tokio::select! {
@@ -250,6 +265,10 @@ impl Listener {
                 },
                 () = shutdown.cancelled() => break,
             };
+            let Some(peer_slot) = peers.enter(peer.ip(), settings.max_per_ip) else {
+                tracing::debug!(%peer, "closing a connection past the per-address limit");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let conn = Connection {
                 http: http.clone(),
@@ -259,6 +278,7 @@ impl Listener {
             };
             connections.spawn(async move {
                 conn.serve(stream, peer).await;
+                drop(peer_slot);
                 drop(permit);
             });
         }
@@ -282,6 +302,40 @@ impl Listener {
         service.shutdown(settings.grace).await;
         tracing::info!("shut down");
         Ok(())
+    }
+}
+
+/// Connections one IP address may hold at once, by default.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+
+/// Open connections per peer address.
+#[derive(Debug, Default)]
+struct Peers(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in its peer's count, given back when dropped.
+struct PeerSlot(Arc<Peers>, std::net::IpAddr);
+
+impl Peers {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = (self.0).0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -315,16 +369,33 @@ impl Connection {
         let service = self.service.clone();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let counter = in_flight.clone();
-        let svc = service_fn(move |req| {
+        let started = Instant::now();
+        // When a webhook last came or went: only that keeps a connection from being idle.
+        let webhook = Arc::new(AtomicU64::new(0));
+        let seen = webhook.clone();
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let service = service.clone();
             let guard = InFlight::enter(&counter);
+            let hook = service.is_hook_path(req.uri().path());
+            let seen = seen.clone();
+            let mark = move || {
+                if hook {
+                    let millis = started.elapsed().as_millis().max(1) as u64;
+                    seen.store(millis, Ordering::Relaxed);
+                }
+            };
+            mark();
             async move {
                 let response = service.respond(req).await;
+                mark();
                 drop(guard);
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let started = Instant::now();
+        let last_webhook = move || match webhook.load(Ordering::Relaxed) {
+            0 => started,
+            millis => started + Duration::from_millis(millis),
+        };
         let activity = Arc::new(AtomicU64::new(0));
         let io = TokioIo::new(Tracked {
             inner: io,
@@ -345,7 +416,7 @@ impl Connection {
                 // Before the first byte the header timeout applies; wake no later than the
                 // idle timeout too, so a first request that arrives meanwhile starts that clock.
                 (false, None) => started + header.min(idle),
-                (false, Some(last)) => last + idle,
+                (false, Some(_)) => last_webhook() + idle,
             };
             tokio::select! {
                 result = conn.as_mut() => break result,
@@ -353,7 +424,12 @@ impl Connection {
                     let silent = match (closing, last_activity()) {
                         (true, last) => last.unwrap_or(started).elapsed() >= QUIET,
                         (false, None) => started.elapsed() >= header,
-                        (false, Some(last)) => last.elapsed() >= idle,
+                        // Bytes are no sign of use: pings and health checks cost nothing
+                        // to send, and would hold a slot for ever.
+                        (false, Some(_)) => {
+                            in_flight.load(Ordering::Acquire) == 0
+                                && last_webhook().elapsed() >= idle
+                        }
                     };
                     if closing {
                         // hyper keeps an HTTP/1 connection that is between requests open
@@ -363,7 +439,7 @@ impl Connection {
                             break Ok(());
                         }
                     } else if silent {
-                        tracing::debug!(%peer, "closing a silent connection");
+                        tracing::debug!(%peer, "closing a connection with no webhook for the idle timeout");
                         closing = true;
                         conn.as_mut().graceful_shutdown();
                     }

@@ -96,6 +96,7 @@ pub(crate) struct Config {
     pub(crate) signed_max_body: u64,
     pub(crate) header_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
     pub(crate) shutdown_grace: Duration,
     /// Journal accepted deliveries in the data dir (and resume them after a restart).
     pub(crate) journal: bool,
@@ -206,6 +207,7 @@ impl Config {
             signed_max_body: hubhook_core::DEFAULT_SIGNED_MAX_BODY,
             header_timeout: Duration::from_secs(10),
             max_connections: 512,
+            max_connections_per_ip: hubhook_core::DEFAULT_MAX_CONNECTIONS_PER_IP,
             shutdown_grace: Duration::from_secs(30),
             journal: true,
             keep: Some(DEFAULT_KEEP),
@@ -307,6 +309,7 @@ struct RawConfig {
     signed_max_body: Option<Spanned<toml::Value>>,
     header_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
     shutdown_grace: Option<Spanned<String>>,
     journal: Option<Spanned<toml::Value>>,
     callback: Option<Spanned<RawCallback>>,
@@ -542,17 +545,26 @@ impl Parser<'_> {
         if let Some(t) = &raw.shutdown_grace {
             config.shutdown_grace = self.duration(t, "shutdown_grace")?;
         }
-        if let Some(n) = &raw.max_connections {
-            config.max_connections = usize::try_from(*n.get_ref())
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    self.error_at(
-                        n.span(),
-                        "max_connections",
-                        "must be a positive number".into(),
-                    )
-                })?;
+        for (n, key, value) in [
+            (
+                &raw.max_connections,
+                "max_connections",
+                &mut config.max_connections,
+            ),
+            (
+                &raw.max_connections_per_ip,
+                "max_connections_per_ip",
+                &mut config.max_connections_per_ip,
+            ),
+        ] {
+            if let Some(n) = n {
+                *value = usize::try_from(*n.get_ref())
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        self.error_at(n.span(), key, "must be a positive number".into())
+                    })?;
+            }
         }
 
         config.api_keys = Keys(self.keys(

@@ -391,6 +391,7 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         .addr(config.listen)
         .header_timeout(config.header_timeout)
         .max_connections(config.max_connections)
+        .max_connections_per_ip(config.max_connections_per_ip)
         .shutdown_grace(config.shutdown_grace);
     if let Some(tls) = &config.tls {
         listener = listener

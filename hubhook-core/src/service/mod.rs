@@ -170,6 +170,11 @@ impl HubhookService {
         self.inner.dispatcher.shutdown(grace).await
     }
 
+    /// Whether `path` is one of the hooks (not `/healthz`, `/metrics` or unknown).
+    pub(crate) fn is_hook_path(&self, path: &str) -> bool {
+        self.inner.hooks.iter().any(|h| h.hook.path == path)
+    }
+
     fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Acquire)
     }

@@ -228,3 +228,88 @@ async fn an_idle_keep_alive_connection_is_closed() {
         server.stop().await;
     }
 }
+
+/// One peer holding many idle HTTP/2 connections cannot take every slot: past its
+/// per-address share they are closed, and another peer's webhook goes through at once.
+#[tokio::test]
+async fn one_peer_cannot_hold_every_connection() {
+    let (service, mut rx) = recording_service();
+    let server = TestServer::start(service, Transport::Plain).await;
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(server.addr).await else {
+            break;
+        };
+        // An h2c connection: the preface and an empty SETTINGS frame, then nothing.
+        let _ = tcp
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await;
+        held.push(tcp);
+    }
+    assert_eq!(held.len(), 600);
+    // Another peer: 127.0.0.2 is loopback too.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind 127.0.0.2");
+    let started = std::time::Instant::now();
+    let mut io = tokio::time::timeout(Duration::from_secs(1), socket.connect(server.addr))
+        .await
+        .expect("connected within 1 s")
+        .expect("connect");
+    io.write_all(&post_bytes(
+        &format!("/hubhook?apikey={KEY}"),
+        &["Content-Type: application/json"],
+        EXAMPLE_PAYLOAD.as_bytes(),
+    ))
+    .await
+    .expect("write");
+    let r = tokio::time::timeout(Duration::from_secs(1), read_response(&mut io))
+        .await
+        .expect("answered within 1 s")
+        .expect("a response");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    next(&mut rx).await;
+    drop(held);
+    server.stop().await;
+}
+
+/// Traffic that is not a webhook does not keep a connection: a trickle of `/healthz`
+/// requests on one keep-alive connection is closed after the idle timeout.
+#[tokio::test]
+async fn a_trickle_of_health_checks_does_not_hold_a_connection() {
+    use tokio::io::AsyncReadExt;
+    let (service, _rx) = recording_service();
+    let server = TestServer::start_with(service, Transport::Plain, |b| {
+        b.idle_timeout(Duration::from_millis(500))
+    })
+    .await;
+    let mut io = server.connect().await;
+    let started = std::time::Instant::now();
+    let closed = loop {
+        if io
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .is_err()
+        {
+            break started.elapsed();
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(2), io.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("no answer to /healthz"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still open after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        closed >= Duration::from_millis(400),
+        "closed after {closed:?}"
+    );
+    server.stop().await;
+}
