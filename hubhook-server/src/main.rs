@@ -11,6 +11,7 @@ mod control;
 mod deliveries;
 mod keys;
 mod send;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ enum Command {
     },
     /// Print a new random API key (256 bits, URL-safe).
     Keygen,
+    /// Make TLS files for `[tls]`.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Read the delivery journal (on unless `journal = false`), also while the server runs: list
     /// deliveries, show one with every attempt, or run one again.
     Deliveries {
@@ -89,6 +93,21 @@ enum Command {
         /// Trust the CA certificates in this PEM file for https URLs (default: the system's).
         #[arg(long, value_name = "PEM")]
         cacert: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Write a self-signed certificate (cert.pem) and its private key (key.pem, mode 0600)
+    /// for the given hosts, then print the [tls] lines and the certificate's SHA-256
+    /// fingerprint. Exits 1 without writing anything if either file exists.
+    SelfSigned {
+        /// A name or IP address clients use to reach hubhook; repeat for several.
+        #[arg(long = "host", value_name = "NAME", required = true)]
+        hosts: Vec<String>,
+        /// Where to write the two files.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
     },
 }
 
@@ -206,6 +225,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Tls(TlsCommand::SelfSigned { hosts, out }) => match tls::self_signed(&hosts, &out)
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Keygen => match keys::generate() {
             Ok(key) => {
                 println!("{key}");

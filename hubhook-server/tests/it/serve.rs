@@ -259,3 +259,66 @@ fn help_lists_the_commands() {
         assert!(help.contains(command), "{help}");
     }
 }
+
+/// `hubhook tls self-signed` makes files `serve` takes as they are (the key 0600) and a
+/// certificate `send --cacert` trusts; it never overwrites them.
+#[test]
+fn tls_self_signed_makes_files_serve_and_send_take() {
+    let dir = TempDir::new("selfsigned");
+    let out = hubhook(
+        &[
+            "tls",
+            "self-signed",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+            "--out",
+            "tls",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("[tls]") && stdout.contains("SHA-256 fingerprint: "),
+        "{stdout}"
+    );
+    let mode = std::fs::metadata(dir.path().join("tls/key.pem"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = hubhook(
+        &["tls", "self-signed", "--host", "localhost", "--out", "tls"],
+        dir.path(),
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    let config = config(
+        &dir,
+        "[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+    );
+    let server = Server::start(
+        &["--config", config.to_str().expect("utf8")],
+        dir.path(),
+        &[],
+    );
+    assert_eq!(server.scheme, "https");
+    let url = format!("https://localhost:{}/hubhook", server.addr.port());
+    let sent = hubhook(
+        &["send", &url, "--key", KEY, "--cacert", "tls/cert.pem"],
+        dir.path(),
+    );
+    assert!(
+        String::from_utf8_lossy(&sent.stdout).starts_with("HTTP 202"),
+        "{}{}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+}
