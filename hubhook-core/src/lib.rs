@@ -131,4 +131,4 @@ pub use service::{
     DEFAULT_PATH, DEFAULT_SIGNED_MAX_BODY,
 };
 #[cfg(feature = "tls")]
-pub use tls::TlsConfig;
+pub use tls::{TlsConfig, ACME_TLS_ALPN};

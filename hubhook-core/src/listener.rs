@@ -353,6 +353,12 @@ impl Connection {
         if let Some(tls) = &self.settings.tls {
             let handshake = tls.acceptor().accept(stream);
             match tokio::time::timeout(self.settings.header_timeout, handshake).await {
+                // An ACME validation only looks at the certificate: nothing to serve.
+                Ok(Ok(stream))
+                    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) =>
+                {
+                    tracing::debug!(%peer, "answered an ACME TLS-ALPN-01 validation");
+                }
                 Ok(Ok(stream)) => self.serve_io(stream, peer).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -9,6 +9,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::Error;
 
+/// The ALPN protocol of an ACME TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// A server certificate chain and its private key, ready for the
 /// [`ListenerBuilder::tls`](crate::ListenerBuilder::tls).
 #[derive(Clone)]
@@ -64,6 +67,30 @@ impl TlsConfig {
             .with_single_cert(certs, key)
             .map_err(|e| fail("certificate", format!("does not fit the key: {e}")))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+
+    /// TLS whose certificate `resolver` picks for each handshake: one that changes while
+    /// the server runs (a renewal takes effect for new connections, and open ones keep
+    /// theirs), or an ACME TLS-ALPN-01 challenge. ALPN offers `h2`, `http/1.1` and
+    /// `acme-tls/1`; a connection that negotiates `acme-tls/1` is closed after its
+    /// handshake, as RFC 8737 says.
+    pub fn from_resolver(
+        resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    ) -> Result<Self, Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls {
+                what: "configuration",
+                path: PathBuf::new(),
+                reason: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
         Ok(Self {
             config: Arc::new(config),
         })

@@ -147,11 +147,11 @@ pub(crate) struct HookSpec {
     pub(crate) registry: Option<String>,
 }
 
-/// The certificate and key files of `[tls]`.
+/// Where `[tls]` gets its certificate: two files, or an ACME directory.
 #[derive(Debug, Clone)]
-pub(crate) struct TlsFiles {
-    pub(crate) cert: PathBuf,
-    pub(crate) key: PathBuf,
+pub(crate) enum TlsFiles {
+    Files { cert: PathBuf, key: PathBuf },
+    Acme(crate::acme::AcmeSpec),
 }
 
 /// One `[[handler]]` table.
@@ -378,8 +378,22 @@ struct RawAuth {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
-    cert: Spanned<String>,
-    key: Spanned<String>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    acme: Option<RawAcme>,
+}
+
+/// `[tls.acme]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    domains: Vec<String>,
+    email: Option<String>,
+    directory: Option<String>,
+    cache_dir: Option<String>,
+    ca_file: Option<String>,
+    renew_before: Option<String>,
+    check_every: Option<String>,
 }
 
 /// The keys of `shell` handlers beyond the common ones.
@@ -604,18 +618,7 @@ impl Parser<'_> {
         }
 
         if let Some(tls) = &raw.tls {
-            let cert = base.join(tls.cert.get_ref());
-            let key = base.join(tls.key.get_ref());
-            // Reading both now turns a typo into a config error instead of a failed start.
-            if let Err(e) = hubhook_core::TlsConfig::from_pem_files(&cert, &key) {
-                let (span, name) = match &e {
-                    hubhook_core::Error::Tls { what: "key", .. } => (tls.key.span(), "tls.key"),
-                    _ => (tls.cert.span(), "tls.cert"),
-                };
-                return Err(self.error_at(span, name, e.to_string()));
-            }
-            private(&key).map_err(|m| self.error_at(tls.key.span(), "tls.key", m))?;
-            config.tls = Some(TlsFiles { cert, key });
+            config.tls = Some(self.tls(tls, base, &config.data_dir)?);
         }
 
         // No [[handler]] at all keeps the default log handler: a hook that does nothing
@@ -1001,6 +1004,95 @@ impl Parser<'_> {
             allow_unauthenticated: raw.allow_unauthenticated,
             registry,
         })
+    }
+
+    /// `[tls]`: `cert` and `key`, or an `[tls.acme]` table (not both).
+    fn tls(&self, raw: &RawTls, base: &Path, data_dir: &Path) -> Result<TlsFiles, ConfigError> {
+        // Where the table starts, for errors about the table itself.
+        let start = self.text.find("[tls").unwrap_or(0);
+        let table = start..start;
+        match (&raw.cert, &raw.key, &raw.acme) {
+            (Some(cert_at), Some(key_at), None) => {
+                let cert = base.join(cert_at.get_ref());
+                let key = base.join(key_at.get_ref());
+                // Reading both now turns a typo into a config error instead of a failed start.
+                if let Err(e) = hubhook_core::TlsConfig::from_pem_files(&cert, &key) {
+                    let (span, name) = match &e {
+                        hubhook_core::Error::Tls { what: "key", .. } => (key_at.span(), "tls.key"),
+                        _ => (cert_at.span(), "tls.cert"),
+                    };
+                    return Err(self.error_at(span, name, e.to_string()));
+                }
+                private(&key).map_err(|m| self.error_at(key_at.span(), "tls.key", m))?;
+                Ok(TlsFiles::Files { cert, key })
+            }
+            (None, None, Some(a)) => {
+                let at =
+                    |k: &str, m: String| self.error_at(table.clone(), &format!("tls.acme.{k}"), m);
+                let name = |d: &str| {
+                    d.split('.').all(|label| {
+                        !label.is_empty()
+                            && label
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    })
+                };
+                if a.domains.is_empty() || !a.domains.iter().all(|d| name(d)) {
+                    return Err(at(
+                        "domains",
+                        "list the names the certificate is for, like [\"hooks.example.com\"]"
+                            .into(),
+                    ));
+                }
+                let duration = |v: &Option<String>, k: &str, default: Duration| match v {
+                    Some(text) => humantime::parse_duration(text).map_err(|e| {
+                        at(
+                            k,
+                            format!("{text:?} is not a duration like \"30d\" or \"12h\": {e}"),
+                        )
+                    }),
+                    None => Ok(default),
+                };
+                Ok(TlsFiles::Acme(crate::acme::AcmeSpec {
+                    domains: a.domains.clone(),
+                    email: a.email.clone(),
+                    directory: a
+                        .directory
+                        .clone()
+                        .unwrap_or_else(|| crate::acme::LETS_ENCRYPT.to_owned()),
+                    cache_dir: a
+                        .cache_dir
+                        .as_ref()
+                        .map_or_else(|| data_dir.join("acme"), |d| base.join(d)),
+                    ca_file: a.ca_file.as_ref().map(|f| base.join(f)),
+                    renew_before: duration(
+                        &a.renew_before,
+                        "renew_before",
+                        Duration::from_secs(30 * 86_400),
+                    )?,
+                    check_every: duration(
+                        &a.check_every,
+                        "check_every",
+                        Duration::from_secs(12 * 3600),
+                    )?,
+                }))
+            }
+            (_, _, Some(_)) => Err(self.error_at(
+                table.clone(),
+                "tls.acme",
+                "use either cert and key, or [tls.acme], not both".into(),
+            )),
+            (None, _, None) => Err(self.error_at(
+                table.clone(),
+                "tls.cert",
+                "missing: set cert and key, or a [tls.acme] table".into(),
+            )),
+            (_, None, None) => Err(self.error_at(
+                table.clone(),
+                "tls.key",
+                "missing: set cert and key, or a [tls.acme] table".into(),
+            )),
+        }
     }
 
     /// `strategy` with its keys: stop-first (the default), or blue-green behind nginx with

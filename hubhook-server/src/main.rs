@@ -6,12 +6,14 @@
 
 #![deny(unsafe_code)]
 
+mod acme;
 mod config;
 mod control;
 mod deliveries;
 mod keys;
 mod send;
 mod tls;
+mod x509;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,7 +28,7 @@ use hubhook_core::{
 };
 use hubhook_handlers::{DockerHandler, LogHandler, ShellHandler};
 
-use crate::config::{Config, HandlerKind, HandlerSpec, DEFAULT_DATA_DIR};
+use crate::config::{Config, HandlerKind, HandlerSpec, TlsFiles, DEFAULT_DATA_DIR};
 use crate::deliveries::JOURNAL_FILE;
 
 /// Receive container-registry webhooks (Docker Hub and others) and act on them: log the
@@ -420,9 +422,17 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
         .max_connections(config.max_connections)
         .max_connections_per_ip(config.max_connections_per_ip)
         .shutdown_grace(config.shutdown_grace);
-    if let Some(tls) = &config.tls {
-        listener = listener
-            .tls(TlsConfig::from_pem_files(&tls.cert, &tls.key).map_err(|e| e.to_string())?);
+    match &config.tls {
+        Some(TlsFiles::Files { cert, key }) => {
+            listener =
+                listener.tls(TlsConfig::from_pem_files(cert, key).map_err(|e| e.to_string())?);
+        }
+        Some(TlsFiles::Acme(spec)) => {
+            let certificates = acme::start(spec.clone())?;
+            listener =
+                listener.tls(TlsConfig::from_resolver(certificates).map_err(|e| e.to_string())?);
+        }
+        None => {}
     }
     let listener = listener.bind().await.map_err(|e| e.to_string())?;
     // `hubhook deliveries replay` reaches the running server through this socket.

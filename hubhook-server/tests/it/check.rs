@@ -111,7 +111,7 @@ fn broken_files_name_file_line_and_key() {
         ),
         (
             format!("{AUTH}\n[tls]\nkey = \"key.pem\"\n"),
-            "error: hubhook.toml:4: tls: missing field `cert`",
+            "error: hubhook.toml:4: tls.cert: missing: set cert and key, or a [tls.acme] table",
         ),
         // Unreadable certificate and key files.
         (

@@ -3,6 +3,7 @@
 // Helpers are `pub` for the sibling modules; this binary has no outside users.
 #![allow(unreachable_pub, missing_debug_implementations)]
 
+mod acme;
 mod callback;
 mod check;
 mod e2e;
