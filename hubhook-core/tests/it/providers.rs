@@ -37,8 +37,18 @@ async fn registry_server() -> (
     TestServer,
     tokio::sync::mpsc::UnboundedReceiver<(hubhook_core::HubMessage, String)>,
 ) {
+    registry_server_from(HubhookService::builder()).await
+}
+
+/// `builder` with a registry hook (host 127.0.0.1:5000) and a recording handler.
+async fn registry_server_from(
+    builder: hubhook_core::HubhookServiceBuilder,
+) -> (
+    TestServer,
+    tokio::sync::mpsc::UnboundedReceiver<(hubhook_core::HubMessage, String)>,
+) {
     let (recorder, rx) = Recorder::new("recorder");
-    let service = HubhookService::builder()
+    let service = builder
         .hook(
             Hook::new("/registry", Provider::Registry)
                 .api_key(KEY)
@@ -468,18 +478,8 @@ mod journaled {
 /// host is refused, and a registry event for another host than the hook's is ignored.
 #[tokio::test]
 async fn no_payload_chooses_the_registry() {
-    let (recorder, mut rx) = Recorder::new("recorder");
-    let service = HubhookService::builder()
-        .api_key(KEY)
-        .hook(
-            Hook::new("/registry", Provider::Registry)
-                .api_key(KEY)
-                .registry("127.0.0.1:5000"),
-        )
-        .handler(recorder)
-        .build()
-        .expect("service");
-    let server = TestServer::start(service, Transport::Plain).await;
+    // The Docker Hub hook as well as the registry's.
+    let (server, mut rx) = registry_server_from(HubhookService::builder().api_key(KEY)).await;
     let evil = json!({"repository": {"repo_name": "evil.example/acme/site"}, "push_data": {"tag": "latest"}});
     let r = server
         .post(

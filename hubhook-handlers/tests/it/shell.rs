@@ -152,14 +152,9 @@ async fn wait_for_file(path: &std::path::Path) -> String {
     panic!("{} never appeared", path.display());
 }
 
-#[tokio::test]
-async fn a_timeout_kills_the_whole_process_group() {
-    let out = TempDir::new("timeout");
-    // The script starts a grandchild that would live for five minutes, then waits.
-    let handler = sh(
-        r#"sleep 300 & echo $! > "$OUT/grandchild"; echo $$ > "$OUT/child"; wait"#,
-        &out,
-    );
+/// Posts the documented payload to a service whose only route runs `handler` with a
+/// 500 ms timeout; the run goes on in the background. Returns the service.
+async fn post_with_timeout(handler: ShellHandler) -> HubhookService {
     let service = HubhookService::builder()
         .allow_unauthenticated(true)
         .route(Route::new(handler).timeout(Duration::from_millis(500)))
@@ -169,6 +164,18 @@ async fn a_timeout_kills_the_whole_process_group() {
         .body(Full::new(Bytes::from(hubhook_core::EXAMPLE_PAYLOAD)))
         .expect("request");
     assert_eq!(service.respond(request).await.status(), 202);
+    service
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    let out = TempDir::new("timeout");
+    // The script starts a grandchild that would live for five minutes, then waits.
+    let handler = sh(
+        r#"sleep 300 & echo $! > "$OUT/grandchild"; echo $$ > "$OUT/child"; wait"#,
+        &out,
+    );
+    let service = post_with_timeout(handler).await;
 
     let grandchild: i32 = wait_for_file(&out.path().join("grandchild"))
         .await
@@ -326,15 +333,7 @@ async fn a_timeout_kills_what_survives_sigterm_after_the_program_left() {
         echo $$ > "$OUT/child"; wait"#,
         &out,
     );
-    let service = HubhookService::builder()
-        .allow_unauthenticated(true)
-        .route(Route::new(handler).timeout(Duration::from_millis(500)))
-        .build()
-        .expect("service");
-    let request = http::Request::post("/hubhook")
-        .body(Full::new(Bytes::from(hubhook_core::EXAMPLE_PAYLOAD)))
-        .expect("request");
-    assert_eq!(service.respond(request).await.status(), 202);
+    let service = post_with_timeout(handler).await;
 
     let child: i32 = wait_for_file(&out.path().join("child"))
         .await
