@@ -917,6 +917,8 @@ async fn the_blue_green_reconciler_follows_the_upstream_file() {
 
     // Killed after the switch was written: the new one passed and takes the name.
     run_new(1, b);
+    // It had passed its gate: it answers on its own port before the switch.
+    assert_eq!(page(b).as_deref(), Some("site v2"));
     std::fs::write(&nginx.upstream, format!("server 127.0.0.1:{b};\n")).expect("switch");
     let done = handler
         .reconcile()
