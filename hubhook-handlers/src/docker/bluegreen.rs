@@ -18,6 +18,9 @@ use super::health::gate;
 use super::swap::{new_name, Swap};
 use super::{DockerError, Health};
 
+/// How long after a reload nginx may still send a request to the previous upstream.
+const RELOAD_SETTLE: Duration = Duration::from_millis(500);
+
 /// The two ports, the upstream file and nginx's reload command of a blue-green container.
 ///
 /// ```
@@ -112,7 +115,13 @@ impl BlueGreen {
         match tokio::time::timeout(limit, output).await {
             Err(_) => Err(format!("{program} did not finish within {limit:?}")),
             Ok(Err(e)) => Err(format!("cannot run {program}: {e}")),
-            Ok(Ok(out)) if out.status.success() => Ok(()),
+            Ok(Ok(out)) if out.status.success() => {
+                // nginx applies a reload in the background: new workers take new
+                // connections, old ones finish theirs. The container they pointed to must
+                // still answer until then.
+                tokio::time::sleep(RELOAD_SETTLE).await;
+                Ok(())
+            }
             Ok(Ok(out)) => Err(format!(
                 "{program} failed ({}): {}",
                 out.status,
@@ -179,6 +188,12 @@ impl Swap<'_> {
         let slot = slot.trim().parse::<usize>().ok().filter(|s| *s < 2);
         let switched = slot.is_some() && bg.current() == slot;
         let done = if switched && candidate.running {
+            // nginx may not have loaded the switch yet: load it before the old one goes.
+            if let Err(e) = bg.reload_nginx(d.step_timeout).await {
+                return Ok(Some(format!(
+                    "{new} passed its gate and nginx points to it, but reloading nginx failed, so the previous container stays: {e}"
+                )));
+            }
             if let Some(previous) = d.find(self.name).await? {
                 d.run(&["rm", "--force", &previous.id]).await?;
             }
