@@ -252,6 +252,15 @@ impl Config {
     }
 }
 
+/// The folder every relative path in `file` is resolved from: the file's own, also when
+/// `--config` names it bare (`hubhook.toml`, whose parent is the empty path).
+fn config_dir(file: &Path) -> &Path {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 /// The data dir `file` names, read without anything else: `hubhook deliveries` needs only
 /// this, and must not load plugins or read TLS and key files to find it.
 pub(crate) fn data_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
@@ -269,7 +278,7 @@ pub(crate) fn data_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         fail(line, None, without_values(e.message().trim()))
     })?;
-    let base = file.parent().unwrap_or(Path::new("."));
+    let base = config_dir(file);
     match table.get("data_dir") {
         None => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
         Some(toml::Value::String(dir)) => Ok(base.join(dir)),
@@ -473,7 +482,7 @@ impl Parser<'_> {
 
         let mut config = Config::defaults();
         config.file = Some(self.file.to_owned());
-        let base = self.file.parent().unwrap_or(Path::new("."));
+        let base = config_dir(self.file);
 
         if let Some(listen) = &raw.listen {
             config.listen = listen.get_ref().parse().map_err(|_| {
@@ -709,8 +718,15 @@ impl Parser<'_> {
                             .into(),
                     ));
                 }
+                // A program named by a relative path (with a '/') is the config's
+                // neighbour, like every other path in the file; a bare name is looked up
+                // in PATH as a shell would.
+                let mut command = shell.command;
+                if command[0].contains('/') && Path::new(&command[0]).is_relative() {
+                    command[0] = base.join(&command[0]).display().to_string();
+                }
                 HandlerKind::Shell {
-                    command: shell.command,
+                    command,
                     workdir: shell.workdir.map(|dir| base.join(dir)),
                     env: shell.env,
                     output_tail: shell.output_tail,
@@ -803,6 +819,11 @@ impl Parser<'_> {
                 }
                 handler = self.strategy(&raw, handler, base, &at)?;
                 if let Some(bin) = &raw.docker {
+                    // Like a shell command: a relative path is the config's neighbour.
+                    let bin = match bin.contains('/') && Path::new(bin).is_relative() {
+                        true => base.join(bin),
+                        false => PathBuf::from(bin),
+                    };
                     handler = handler.docker_binary(bin);
                 }
                 if let Some(host) = &raw.docker_host {

@@ -372,3 +372,32 @@ fn the_rust_plugin_uses_other_dependency_versions_than_the_host() {
     // And it works: rust_and_c_plugins_receive_a_posted_webhook loads exactly that build.
     assert!(plugins().notify.exists());
 }
+
+/// Every relative path in the config resolves from the config file's folder, however
+/// `--config` names the file: a plugin beside it loads with `name.toml`, `./name.toml` and
+/// `dir/name.toml` alike (before, the bare form made dlopen search the library path).
+#[test]
+fn a_relative_plugin_path_is_the_config_files_neighbour() {
+    let built = plugins();
+    let dir = TempDir::new("relative-plugin");
+    std::fs::create_dir_all(dir.path().join("conf")).expect("conf dir");
+    for folder in [dir.path().to_path_buf(), dir.path().join("conf")] {
+        std::fs::copy(&built.pushlog, folder.join("pushlog.so")).expect("copy plugin");
+        std::fs::write(
+            folder.join("p1.toml"),
+            format!(
+                "listen = \"127.0.0.1:0\"\n[auth]\napi_keys = [\"{KEY}\"]\n{}",
+                plugin_table("log", Path::new("pushlog.so"), "file = \"push.log\"")
+            ),
+        )
+        .expect("config");
+    }
+    for config in ["p1.toml", "./p1.toml", "conf/p1.toml"] {
+        let out = hubhook(&["check", "--config", config], dir.path());
+        assert!(
+            out.status.success(),
+            "{config}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

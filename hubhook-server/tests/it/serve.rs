@@ -322,3 +322,46 @@ fn tls_self_signed_makes_files_serve_and_send_take() {
         String::from_utf8_lossy(&sent.stderr)
     );
 }
+
+/// A shell command given as a relative path runs the config file's neighbour, wherever the
+/// server was started from (systemd starts it in /); before, `check` said ok and the first
+/// push failed with "cannot start".
+#[test]
+fn a_relative_shell_command_is_the_config_files_neighbour() {
+    let dir = TempDir::new("relative-shell");
+    std::fs::create_dir_all(dir.path().join("conf")).expect("conf");
+    let marker = dir.path().join("ran");
+    dir.write_script(
+        "conf/deploy.sh",
+        &format!(
+            "#!/bin/sh\necho \"$HUBHOOK_TAG\" > '{}'\n",
+            marker.display()
+        ),
+    );
+    dir.write(
+        "conf/hubhook.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[auth]\napi_keys = [\"{KEY}\"]\n\
+             [[handler]]\ntype = \"shell\"\ncommand = [\"./deploy.sh\"]\n"
+        ),
+    );
+    let server = Server::start(&["--config", "conf/hubhook.toml"], dir.path(), &[]);
+    let body = br#"{"push_data":{"tag":"v7"},"repository":{"repo_name":"acme/site"}}"#;
+    let (status, _) = request(
+        server.addr,
+        "POST",
+        &format!("/hubhook?apikey={KEY}"),
+        &[],
+        body,
+    );
+    assert_eq!(status, 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&marker).unwrap_or_default().trim() != "v7" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deploy.sh never ran:\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
