@@ -240,7 +240,13 @@ impl Config {
             key: None,
             message: format!("cannot read the file: {e}"),
         })?;
-        let mut config = Parser { file, text: &text }.parse()?;
+        let parser = Parser {
+            file,
+            text: &text,
+            warnings: Default::default(),
+        };
+        let mut config = parser.parse()?;
+        config.warnings.extend(parser.warnings.take());
         // A file that holds keys or secrets is as secret as they are; ssh warns likewise.
         let holds_secrets = text.contains("api_keys") || text.contains("secret");
         if let (true, Err(why)) = (holds_secrets, private(file)) {
@@ -460,6 +466,8 @@ struct RawLog {
 struct Parser<'a> {
     file: &'a Path,
     text: &'a str,
+    /// What is worth saying but not refusing (a key that looks like words).
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Parser<'_> {
@@ -1299,6 +1307,26 @@ impl Parser<'_> {
                 "an API key must be at least {MIN_KEY_LEN} characters; `hubhook keygen` makes a good one"
             )));
         }
+        // It travels in a query string (Docker Hub can send nothing else): a placeholder
+        // like "paste the output of hubhook keygen here" is refused here, never a key.
+        if !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            return Err(self.error_at(span, name, "an API key may hold only letters, digits, '-', '_', '.' and '~' (it travels in a URL); `hubhook keygen` makes one".into()));
+        }
+        let words = key.split(['-', '_', '.', '~']).collect::<Vec<_>>();
+        if words.len() >= 3
+            && words
+                .iter()
+                .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        {
+            let line = self.line_of(span.start);
+            self.warnings.borrow_mut().push(format!(
+                "{}:{line}: {name}: a key that reads as words is easy to guess; make one with `hubhook keygen`",
+                self.file.display()
+            ));
+        }
         Ok(())
     }
 
@@ -1466,6 +1494,7 @@ mod tests {
         Parser {
             file: Path::new("hubhook.toml"),
             text,
+            warnings: Default::default(),
         }
         .parse()
     }
@@ -1562,7 +1591,11 @@ mod tests {
             panic!("not a shell handler");
         };
         assert_eq!(command, &["deploy.sh", "--fast"]);
-        assert_eq!(workdir.as_deref(), Some(Path::new("site")));
+        assert_eq!(
+            workdir.as_deref(),
+            Some(Path::new("./site")),
+            "beside the config file"
+        );
         assert_eq!(env.get("STAGE").map(String::as_str), Some("prod"));
         let e = error(&format!("{KEY}[[handler]]\ntype = \"shell\"\n"));
         assert!(

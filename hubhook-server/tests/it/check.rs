@@ -205,9 +205,21 @@ fn a_missing_file_is_named() {
 
 #[test]
 fn the_sample_config_in_examples_passes() {
-    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hubhook.toml");
+    // Once its placeholder key is replaced, as its comment says (until then check
+    // refuses it: see placeholder_keys_are_refused_and_word_keys_warned_about).
+    let sample = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/hubhook.toml"
+    ))
+    .expect("sample");
+    let filled = sample.replace(
+        "<paste the output of hubhook keygen>",
+        "Zq3-Hk9vXw2Lr8Tn5Yb7Pd4Mf6Gc1Js0",
+    );
+    assert_ne!(filled, sample, "the sample holds the placeholder");
     let dir = TempDir::new("check-sample");
-    let out = hubhook(&["check", "--config", sample], dir.path());
+    dir.write_private("hubhook.toml", &filled);
+    let out = hubhook(&["check", "--config", "hubhook.toml"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -347,5 +359,45 @@ fn deliveries_reads_only_the_data_dir() {
     assert!(
         !stderr.contains("absent"),
         "nothing else was read: {stderr}"
+    );
+}
+
+/// The docs' placeholder keys are refused, so none can be deployed by mistake and
+/// authenticate; a key made of words passes with a warning naming `hubhook keygen`.
+#[test]
+fn placeholder_keys_are_refused_and_word_keys_warned_about() {
+    let dir = TempDir::new("check-placeholders");
+    for placeholder in [
+        "output of hubhook keygen",
+        "paste the output of `hubhook keygen` here",
+        "<paste the output of hubhook keygen>",
+    ] {
+        let got = refused(&dir, &format!("[auth]\napi_keys = [\"{placeholder}\"]\n"));
+        assert!(
+            got.starts_with(
+                "error: hubhook.toml:2: auth.api_keys: an API key may hold only letters, digits"
+            ),
+            "{placeholder}: {got}"
+        );
+    }
+    // The shipped example holds one too: it fails check until the operator replaces it.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hubhook.toml"),
+    )
+    .expect("examples/hubhook.toml");
+    let got = refused(&dir, &example);
+    assert!(
+        got.contains("auth.api_keys: an API key may hold only"),
+        "{got}"
+    );
+
+    let (code, _, stderr) = check(
+        &dir,
+        "[auth]\napi_keys = [\"replace-me-with-the-output-of-hubhook-keygen\"]\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("hubhook.toml:2: auth.api_keys: a key that reads as words is easy to guess; make one with `hubhook keygen`"),
+        "{stderr}"
     );
 }
