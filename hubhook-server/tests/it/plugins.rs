@@ -401,3 +401,42 @@ fn a_relative_plugin_path_is_the_config_files_neighbour() {
         );
     }
 }
+
+/// The C build line of docs/PLUGINS.md, run exactly as written from a copy of the
+/// repository's root, makes a library the server loads.
+#[test]
+fn the_c_build_line_in_plugins_md_works_as_written() {
+    let doc = std::fs::read_to_string(root().join("docs/PLUGINS.md")).expect("PLUGINS.md");
+    let line = doc
+        .lines()
+        .find(|l| l.starts_with("cc "))
+        .expect("a cc line in a sh block of PLUGINS.md");
+    let dir = TempDir::new("plugins-md");
+    std::fs::create_dir_all(dir.path().join("examples/plugin-c")).expect("dirs");
+    for file in ["hubhook_plugin.h", "examples/plugin-c/pushlog.c"] {
+        std::fs::copy(root().join(file), dir.path().join(file)).expect("copy");
+    }
+    let out = Command::new("sh")
+        .args(["-c", line])
+        .current_dir(dir.path())
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.write(
+        "hubhook.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\n[auth]\napi_keys = [\"{KEY}\"]\n{}",
+            plugin_table("log", Path::new("libpushlog.so"), "file = \"push.log\"")
+        ),
+    );
+    let check = hubhook(&["check", "--config", "hubhook.toml"], dir.path());
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
