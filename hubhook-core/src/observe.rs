@@ -378,7 +378,9 @@ impl Observer for Log {
     fn attempt_finished(&self, e: &AttemptFinished<'_>) {
         let (repo, tag) = e.msg.map_or(("", ""), |m| (m.repo(), m.tag()));
         let elapsed_ms = e.elapsed.as_millis() as u64;
-        let (handler, delivery, attempt, detail) = (e.handler, e.id, e.attempt, e.detail);
+        // One event per line: a command's output tail is escaped, not written raw.
+        let detail = OneLine(e.detail);
+        let (handler, delivery, attempt) = (e.handler, e.id, e.attempt);
         match e.status {
             RunStatus::Ok => tracing::info!(
                 handler, %delivery, attempt, repo, tag, elapsed_ms, summary = %detail,
@@ -402,9 +404,35 @@ impl Observer for Log {
     }
 }
 
+/// Text with its line breaks and other control characters escaped (`\n`), for a log line.
+struct OneLine<'a>(&'a dyn fmt::Display);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        let text = self.0.to_string();
+        for c in text.chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_details_stay_on_one_line() {
+        let shown = OneLine(&"exit status 1; output: a\nb\r\x1b[31m").to_string();
+        assert_eq!(shown, "exit status 1; output: a\\nb\\r\\u{1b}[31m");
+    }
 
     #[test]
     fn words_round_trip() {

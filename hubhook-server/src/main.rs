@@ -142,7 +142,10 @@ enum DeliveriesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = init_logging() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match cli.command {
         Command::Serve { config, listen } => run(serve(config, listen)),
         Command::Check { config } => match Config::load(&config) {
@@ -300,13 +303,31 @@ fn run(work: impl std::future::Future<Output = Result<(), String>>) -> ExitCode 
     }
 }
 
-fn init_logging() {
+/// Logs to stderr at the level `HUBHOOK_LOG` asks for (default INFO); a value that is not
+/// a filter is an error, not silently the default.
+fn init_logging() -> Result<(), String> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
-    let filter = std::env::var("HUBHOOK_LOG")
-        .ok()
-        .and_then(|spec| spec.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let filter = match std::env::var("HUBHOOK_LOG") {
+        Err(_) => Targets::new().with_default(LevelFilter::INFO),
+        Ok(spec) => {
+            let bad = |why: String| {
+                format!(
+                    "HUBHOOK_LOG={spec:?} is not a log filter ({why}): use a level such as \"debug\", \
+                     or targets such as \"hubhook_core=debug,info\""
+                )
+            };
+            // A bare word must be a level: `debgu` is a typo, not a target to trace.
+            if let Some(word) = spec
+                .split(',')
+                .map(str::trim)
+                .find(|p| !p.is_empty() && !p.contains('=') && p.parse::<LevelFilter>().is_err())
+            {
+                return Err(bad(format!("{word:?} is not a level")));
+            }
+            spec.parse::<Targets>().map_err(|e| bad(e.to_string()))?
+        }
+    };
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -316,6 +337,7 @@ fn init_logging() {
         )
         .with(filter)
         .init();
+    Ok(())
 }
 
 async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {

@@ -365,3 +365,23 @@ fn a_relative_shell_command_is_the_config_files_neighbour() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// An `HUBHOOK_LOG` that is not a filter stops the program with the variable named,
+/// instead of being silently replaced by the default.
+#[test]
+fn an_invalid_hubhook_log_is_an_error() {
+    let dir = TempDir::new("badlog");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hubhook"))
+        .arg("keygen")
+        .env("HUBHOOK_LOG", "verbose!!")
+        .current_dir(dir.path())
+        .output()
+        .expect("run hubhook");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: HUBHOOK_LOG=\"verbose!!\" is not a log filter"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing else ran");
+}
