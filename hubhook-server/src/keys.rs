@@ -25,6 +25,9 @@ pub(crate) fn generate() -> io::Result<String> {
     }
 }
 
+/// Beside the key: written once a start has printed the hook URL with the key in full.
+pub(crate) const SHOWN_FILE: &str = "api-key.shown";
+
 /// The key in `data_dir`, made (mode 0600, in a 0700 directory) if there is none yet.
 /// Returns the key, the file, and whether it was made just now.
 pub(crate) fn load_or_create(data_dir: &Path) -> io::Result<(String, PathBuf, bool)> {

@@ -47,9 +47,10 @@ enum Command {
     /// With no --config: listens on 127.0.0.1:8080 at /hubhook, runs the log handler,
     /// journals every accepted delivery in ./hubhook-data before answering 202 (unfinished
     /// ones run again at the next start), and keeps a generated API key in
-    /// ./hubhook-data/api-key (the hook URL with the key is printed on stdout the first
-    /// time). Logs go to stderr; set HUBHOOK_LOG (for example
-    /// "debug" or "hubhook_core=debug") to change how much.
+    /// ./hubhook-data/api-key (the hook URL with the key is printed on stdout by every
+    /// start until one has printed it). Logs go to stderr, one event per line; set
+    /// HUBHOOK_LOG (for example "debug" or "hubhook_core=debug") to change how much; an
+    /// invalid value is an error.
     Serve {
         /// The TOML configuration file (see docs/CONFIG.md).
         #[arg(long, short, value_name = "FILE")]
@@ -356,9 +357,12 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     // With no file, the server looks after its own key; with a file, the file says.
     let mut announce = None;
     if config.file.is_none() {
-        let (key, path, created) =
+        let (key, path, _made_now) =
             keys::load_or_create(&config.data_dir).map_err(|e| e.to_string())?;
-        announce = Some((if created { Some(key.clone()) } else { None }, path));
+        // The full URL is shown until one start got as far as printing it: a first
+        // start that failed (a taken port) must not lose it.
+        let shown = path.with_file_name(keys::SHOWN_FILE);
+        announce = Some(((!shown.exists()).then(|| key.clone()), path, shown));
         config.api_keys.push(key);
     } else if config.allow_unauthenticated && config.api_keys.is_empty() {
         tracing::warn!("auth.allow_unauthenticated is set and there is no key: anyone who reaches the hook can trigger handlers");
@@ -503,14 +507,17 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
             handlers.join(", ")
         },
     );
-    if let Some((new_key, path)) = announce {
+    if let Some((new_key, path, shown)) = announce {
         // The key goes to stdout for the operator to copy, never through the log.
         match new_key {
-            Some(key) => println!(
-                "Hook URL for Docker Hub (new key, kept in {}):\n  {scheme}://{addr}{}?apikey={key}",
-                path.display(),
-                config.path
-            ),
+            Some(key) => {
+                println!(
+                    "Hook URL for Docker Hub (key kept in {}):\n  {scheme}://{addr}{}?apikey={key}",
+                    path.display(),
+                    config.path
+                );
+                let _ = std::fs::write(&shown, "the hook URL with this key was printed once\n");
+            }
             None => println!(
                 "Hook URL: {scheme}://{addr}{}?apikey=<the key in {}>",
                 config.path,

@@ -385,3 +385,36 @@ fn an_invalid_hubhook_log_is_an_error() {
     );
     assert!(out.stdout.is_empty(), "nothing else ran");
 }
+
+/// With no file, a first start that fails after making the key (a taken port) does not
+/// lose the hook URL: the next start prints it in full, and later ones mask the key.
+#[test]
+fn the_first_hook_url_is_printed_until_a_start_shows_it() {
+    let dir = TempDir::new("firsturl");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let failed = hubhook(
+        &["serve", "--listen", &format!("127.0.0.1:{port}")],
+        dir.path(),
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        dir.path().join("hubhook-data/api-key").exists(),
+        "the key was made"
+    );
+    drop(taken);
+    let key = std::fs::read_to_string(dir.path().join("hubhook-data/api-key")).expect("key");
+    let mut server = Server::start(&["--listen", "127.0.0.1:0"], dir.path(), &[]);
+    let line = server.wait_for_stdout("apikey=");
+    assert!(
+        line.contains(&format!("apikey={}", key.trim())),
+        "the full URL: {line}"
+    );
+    drop(server);
+    let mut server = Server::start(&["--listen", "127.0.0.1:0"], dir.path(), &[]);
+    let line = server.wait_for_stdout("apikey=");
+    assert!(
+        line.contains("apikey=<the key in"),
+        "masked once shown: {line}"
+    );
+}
