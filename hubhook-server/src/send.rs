@@ -115,7 +115,17 @@ pub(crate) async fn send(
                 })?;
             exchange(TokioIo::new(stream), request).await
         } else {
-            exchange(TokioIo::new(tcp), request).await
+            // Plain HTTP to a TLS port reads the server's TLS alert as a broken status
+            // line: say what that most likely means.
+            exchange(TokioIo::new(tcp), request).await.map_err(|e| {
+                if e.contains("invalid HTTP version")
+                    || e.contains("connection closed before message completed")
+                {
+                    format!("{e}; is {host}:{port} an HTTPS server? try https://")
+                } else {
+                    e
+                }
+            })
         }
     };
     tokio::time::timeout(Duration::from_secs(30), exchange)

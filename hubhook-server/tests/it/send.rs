@@ -244,3 +244,15 @@ fn cacert_through_nginx_with_an_openssl_certificate() {
     assert!(stdout.starts_with("HTTP 202 Accepted"), "{stdout}");
     drop(server);
 }
+
+/// `http://` sent to an HTTPS port says what is wrong and what to do.
+#[test]
+fn http_to_an_https_port_suggests_https() {
+    let dir = TempDir::new("send-http-to-tls");
+    openssl_self_signed(&dir, "cert", "localhost", "DNS:localhost,IP:127.0.0.1");
+    let server = tls_server(&dir, "cert");
+    let url = format!("http://127.0.0.1:{}/hubhook", server.addr.port());
+    let (code, _, stderr) = send(&[&url, "--key", KEY], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("an HTTPS server? try https://"), "{stderr}");
+}
