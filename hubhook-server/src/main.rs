@@ -11,6 +11,7 @@ mod config;
 mod control;
 mod deliveries;
 mod keys;
+mod preflight;
 mod send;
 mod tls;
 mod x509;
@@ -61,6 +62,11 @@ enum Command {
     },
     /// Check a configuration file and exit: 0 when it is good, 1 with the file, line and
     /// key of the first problem otherwise.
+    ///
+    /// Besides the file itself it reads the key and TLS files (which must be private),
+    /// loads and initialises plugins, and checks that the data dir can be created and that
+    /// every shell program and docker binary can be run; it starts nothing. It prints a
+    /// summary and what it checked, and warnings on stderr.
     Check {
         /// The TOML configuration file.
         #[arg(long, short, value_name = "FILE")]
@@ -149,8 +155,13 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Serve { config, listen } => run(serve(config, listen)),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(config) => {
+        Command::Check { config } => match Config::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                let checked = preflight::check(&c)?;
+                Ok((c, checked))
+            }) {
+            Ok((config, checked)) => {
                 let names: Vec<String> = config
                     .handlers
                     .iter()
@@ -179,6 +190,7 @@ fn main() -> ExitCode {
                         names.join(", ")
                     }
                 );
+                println!("checked: {}", checked.join("; "));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -253,6 +253,11 @@ impl DockerHandler {
         self
     }
 
+    /// The `docker` binary this handler runs.
+    pub fn docker_binary_path(&self) -> &std::path::Path {
+        &self.docker.binary
+    }
+
     /// The daemon to talk to (`DOCKER_HOST`), e.g. `unix:///run/docker.sock`.
     #[must_use]
     pub fn docker_host(mut self, host: impl Into<String>) -> Self {

@@ -34,8 +34,12 @@ fn a_good_file_passes() {
     );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(
-        stdout.trim_end(),
+        stdout.lines().next().unwrap_or(""),
         "hubhook.toml: ok; listens on 127.0.0.1:9999/hubhook (plain HTTP), handlers: audit (log)"
+    );
+    assert!(
+        stdout.contains("checked: data dir ") && stdout.contains(" can be created"),
+        "check says what it checked: {stdout}"
     );
     assert!(
         !stdout.contains("0123456789abcdef"),
@@ -400,4 +404,38 @@ fn placeholder_keys_are_refused_and_word_keys_warned_about() {
         stderr.contains("hubhook.toml:2: auth.api_keys: a key that reads as words is easy to guess; make one with `hubhook keygen`"),
         "{stderr}"
     );
+}
+
+/// `check` verifies what `serve` will need from the machine, without starting anything:
+/// a data dir it can create, and the programs its handlers run.
+#[test]
+fn check_verifies_the_data_dir_and_the_programs() {
+    let dir = TempDir::new("check-preflight");
+    dir.write("afile", "not a directory\n");
+    for (extra, want) in [
+        (
+            "data_dir = \"afile/data\"\n".to_owned(),
+            "error: hubhook.toml:1: data_dir: ./afile/data cannot be created: ",
+        ),
+        (
+            "[[handler]]\ntype = \"shell\"\ncommand = [\"/nonexistent/deploy.sh\"]\n".to_owned(),
+            "error: hubhook.toml:6: handler[0].command: /nonexistent/deploy.sh is not an executable file",
+        ),
+        (
+            "[[handler]]\ntype = \"shell\"\ncommand = [\"no-such-program-hubhook\"]\n".to_owned(),
+            "error: hubhook.toml:6: handler[0].command: \"no-such-program-hubhook\" is not a program in PATH",
+        ),
+        (
+            "[[handler]]\ntype = \"docker\"\nimage = \"acme/site\"\ncontainer = \"site\"\ndocker = \"/nonexistent/docker\"\n".to_owned(),
+            "error: hubhook.toml:8: handler[0].docker: /nonexistent/docker is not an executable file",
+        ),
+    ] {
+        let text = if extra.starts_with("data_dir") {
+            format!("{extra}{AUTH}")
+        } else {
+            format!("{AUTH}\n{extra}")
+        };
+        let got = refused(&dir, &text);
+        assert!(got.starts_with(want), "want {want}\ngot  {got}");
+    }
 }
