@@ -418,3 +418,48 @@ fn the_first_hook_url_is_printed_until_a_start_shows_it() {
         "masked once shown: {line}"
     );
 }
+
+/// The systemd unit in examples/ works as shipped: systemd-analyze verifies it (with
+/// this build's binary in place of /usr/local/bin/hubhook), it hands the 0600 config to
+/// the dynamic user as a credential, and its state directory is private.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/hubhook.service"
+    ))
+    .expect("examples/hubhook.service");
+    assert!(unit.contains("StateDirectoryMode=0700"), "{unit}");
+    assert!(
+        unit.contains("LoadCredential=hubhook.toml:/etc/hubhook/hubhook.toml"),
+        "{unit}"
+    );
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED the_systemd_unit_verifies: no systemd-analyze on this machine");
+        return;
+    }
+    let dir = TempDir::new("systemd-unit");
+    let path = dir.write(
+        "hubhook.service",
+        &unit.replace("/usr/local/bin/hubhook", env!("CARGO_BIN_EXE_hubhook")),
+    );
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        !said.contains("hubhook.service:"),
+        "warnings about the unit: {said}"
+    );
+}
