@@ -156,8 +156,15 @@ async fn renew_forever(spec: AcmeSpec, certs: Arc<Certificates>) {
     }
 }
 
-/// One order: account, TLS-ALPN-01 for each domain, finalize, install, cache.
+/// One order: account, TLS-ALPN-01 for each domain, finalize, install, cache. The
+/// challenge certificates are served only while this runs, however it ends.
 async fn obtain(spec: &AcmeSpec, certs: &Certificates) -> Result<(), String> {
+    let result = place_order(spec, certs).await;
+    write(&certs.challenges, HashMap::new());
+    result
+}
+
+async fn place_order(spec: &AcmeSpec, certs: &Certificates) -> Result<(), String> {
     let account = account(spec).await?;
     let identifiers: Vec<Identifier> = spec
         .domains
@@ -196,9 +203,8 @@ async fn obtain(spec: &AcmeSpec, certs: &Certificates) -> Result<(), String> {
     let status = order
         .poll_ready(&polling)
         .await
-        .map_err(|e| format!("validation: {e}"));
-    write(&certs.challenges, HashMap::new());
-    match status? {
+        .map_err(|e| format!("validation: {e}"))?;
+    match status {
         OrderStatus::Ready => {}
         other => return Err(format!("the order is {other:?} after validation")),
     }
