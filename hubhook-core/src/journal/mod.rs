@@ -19,6 +19,7 @@ mod history;
 mod schema;
 mod writer;
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -290,53 +291,40 @@ impl Journal {
     fn render(&self, out: &mut String) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let stats = &self.stats;
-        let (commits, records) = (load(&stats.commits), load(&stats.records));
-        let seconds = load(&stats.commit_micros) as f64 / 1e6;
-        out.push_str(
-            "# HELP hubhook_journal_commit_records Records per journal commit (one fsync each).\n\
-             # TYPE hubhook_journal_commit_records histogram\n",
-        );
-        write_histogram(
-            out,
-            "hubhook_journal_commit_records",
-            "",
-            BATCH_BUCKETS
+        let commits = load(&stats.commits);
+        let counts = |bounds: &[String], counts: &[AtomicU64]| {
+            bounds
                 .iter()
-                .zip(&stats.batch)
-                .map(|(b, n)| (b.to_string(), load(n))),
-            commits,
-            records as f64,
-        );
-        out.push_str(
-            "# HELP hubhook_journal_commit_deliveries Deliveries per journal commit.\n\
-             # TYPE hubhook_journal_commit_deliveries histogram\n",
-        );
-        write_histogram(
-            out,
-            "hubhook_journal_commit_deliveries",
-            "",
-            BATCH_BUCKETS
-                .iter()
-                .zip(&stats.delivery_batch)
-                .map(|(b, n)| (b.to_string(), load(n))),
-            commits,
-            load(&stats.deliveries) as f64,
-        );
-        out.push_str(
-            "# HELP hubhook_journal_commit_seconds How long journal commits took.\n\
-             # TYPE hubhook_journal_commit_seconds histogram\n",
-        );
-        write_histogram(
-            out,
-            "hubhook_journal_commit_seconds",
-            "",
-            LATENCY_BUCKETS
-                .iter()
-                .zip(&stats.latency)
-                .map(|(b, n)| (b.to_string(), load(n))),
-            commits,
-            seconds,
-        );
+                .cloned()
+                .zip(counts.iter().map(load))
+                .collect::<Vec<_>>()
+        };
+        let batch: Vec<String> = BATCH_BUCKETS.iter().map(u64::to_string).collect();
+        let latency: Vec<String> = LATENCY_BUCKETS.iter().map(f64::to_string).collect();
+        let series = [
+            (
+                "hubhook_journal_commit_records",
+                "Records per journal commit (one fsync each).",
+                counts(&batch, &stats.batch),
+                load(&stats.records) as f64,
+            ),
+            (
+                "hubhook_journal_commit_deliveries",
+                "Deliveries per journal commit.",
+                counts(&batch, &stats.delivery_batch),
+                load(&stats.deliveries) as f64,
+            ),
+            (
+                "hubhook_journal_commit_seconds",
+                "How long journal commits took.",
+                counts(&latency, &stats.latency),
+                load(&stats.commit_micros) as f64 / 1e6,
+            ),
+        ];
+        for (name, help, buckets, sum) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            write_histogram(out, name, "", buckets.into_iter(), commits, sum);
+        }
     }
 
     fn record(&self, record: RunRecord) {
