@@ -409,8 +409,9 @@ struct Remembered {
 pub(crate) struct Claim {
     events: Arc<RecentEvents>,
     keys: Vec<[u8; 32]>,
-    /// Dropped when the claim ends, which wakes every waiter.
-    _done: watch::Sender<()>,
+    /// Dropped when the claim ends, which wakes every waiter; `None` when nothing was
+    /// claimed, so nothing can wait on it.
+    _done: Option<watch::Sender<()>>,
 }
 
 impl RecentEvents {
@@ -418,6 +419,15 @@ impl RecentEvents {
     /// Returns which to act on, in order, and the claim to commit once they are
     /// accepted. Waits while another request is accepting any of them.
     pub(crate) async fn claim(self: &Arc<Self>, ids: &[Option<&str>]) -> (Vec<bool>, Claim) {
+        if ids.iter().all(Option::is_none) {
+            // Nothing to claim (most providers send no ids): no lock, no channel.
+            let claim = Claim {
+                events: self.clone(),
+                keys: Vec::new(),
+                _done: None,
+            };
+            return (vec![true; ids.len()], claim);
+        }
         let keys: Vec<Option<[u8; 32]>> = ids.iter().map(|id| id.map(digest)).collect();
         loop {
             let mut busy = {
@@ -445,7 +455,7 @@ impl RecentEvents {
                         let claim = Claim {
                             events: self.clone(),
                             keys: claimed,
-                            _done: tx,
+                            _done: Some(tx),
                         };
                         return (act, claim);
                     }
@@ -461,6 +471,9 @@ impl Claim {
     /// The claimed events were accepted: they are seen from now on.
     pub(crate) fn commit(mut self) {
         let keys = std::mem::take(&mut self.keys);
+        if keys.is_empty() {
+            return;
+        }
         let mut guard = self.events.0.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys {
             guard.claimed.remove(&key);
