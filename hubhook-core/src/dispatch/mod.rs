@@ -122,7 +122,9 @@ impl Dispatcher {
                 // take over its place. (Never for `Coalesce::Off`: keys are unique.)
                 Err(_)
                     if queue.route.coalesce != Coalesce::Off
-                        && queue.has_waiting(&queue.route.coalesce.key(msg, id)) =>
+                        && queue
+                            .has_newer(&queue.route.coalesce.key(msg, id))
+                            .is_some() =>
                 {
                     None
                 }

@@ -91,7 +91,6 @@ pub(crate) struct QueueState {
 
 #[derive(Debug)]
 struct Slot {
-    running: bool,
     /// The newest delivery seen for this key; an older one arriving late is superseded.
     newest: DeliveryId,
     pending: Option<Job>,
@@ -149,7 +148,6 @@ impl Queue {
                 state.keys.insert(
                     key.clone(),
                     Slot {
-                        running: false,
                         newest: id,
                         pending: Some(job),
                     },
@@ -176,7 +174,6 @@ impl Queue {
             };
             if let Some(slot) = state.keys.get_mut(&key) {
                 if let Some(job) = slot.pending.take() {
-                    slot.running = true;
                     state.running += 1;
                     starts.push((key, job));
                 }
@@ -190,7 +187,6 @@ impl Queue {
         let mut state = self.lock();
         state.running -= 1;
         if let Some(slot) = state.keys.get_mut(key) {
-            slot.running = false;
             if slot.pending.is_some() {
                 state.ready.push_back(key.to_owned());
             } else {
@@ -204,16 +200,8 @@ impl Queue {
         }
     }
 
-    /// Whether a delivery waits (not runs) under `key`: a newer one would replace it.
-    pub(crate) fn has_waiting(&self, key: &str) -> bool {
-        self.lock()
-            .keys
-            .get(key)
-            .is_some_and(|slot| slot.pending.is_some())
-    }
-
-    /// Whether a newer delivery waits for `key`.
-    fn has_newer(&self, key: &str) -> Option<DeliveryId> {
+    /// The newest delivery waiting (not running) under `key`, if one does.
+    pub(crate) fn has_newer(&self, key: &str) -> Option<DeliveryId> {
         let state = self.lock();
         let slot = state.keys.get(key)?;
         slot.pending.as_ref().map(|_| slot.newest)
@@ -300,12 +288,7 @@ impl Queue {
             let result = run(&*route.handler, msg, &ctx, route.timeout, &cancel).await;
             let status = RunStatus::of(&result);
             let retry = attempt <= route.retries
-                && matches!(
-                    result,
-                    Err(HandlerError::Failed(_)
-                        | HandlerError::Timeout(_)
-                        | HandlerError::Other(_))
-                );
+                && matches!(status, RunStatus::Failed | RunStatus::Timeout);
             let cancelled = status == RunStatus::Cancelled;
             let detail: &dyn std::fmt::Display = match &result {
                 Ok(outcome) => &outcome.summary,

@@ -19,7 +19,7 @@ pub struct Summary {
     pub received_ms: i64,
     /// The provider it came from.
     pub source: String,
-    /// Repository and tag.
+    /// The repository (`namespace/name`).
     pub repo: String,
     /// The tag.
     pub tag: String,

@@ -328,8 +328,8 @@ impl Journal {
     }
 
     fn record(&self, record: RunRecord) {
-        let (delivery, handler) = (record.delivery, record.handler.clone());
-        if self.send(Op::Run(record)).is_err() {
+        if let Err(mpsc::SendError(Op::Run(record))) = self.tx.send(Op::Run(record)) {
+            let (delivery, handler) = (record.delivery, record.handler);
             tracing::error!(%delivery, handler, "the journal is closed: an attempt was not recorded");
         }
     }

@@ -321,11 +321,7 @@ pub(crate) fn get(conn: &Connection, id: DeliveryId) -> rusqlite::Result<Option<
                 id,
                 source: row.get(0)?,
                 message: row.get(1)?,
-                handlers: row
-                    .get::<_, String>(2)?
-                    .lines()
-                    .map(str::to_owned)
-                    .collect(),
+                handlers: super::lines(&row.get::<_, String>(2)?),
             })
         },
     )

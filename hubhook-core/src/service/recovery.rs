@@ -98,7 +98,8 @@ impl Recovery {
                 break;
             };
             let starting = dispatcher.names(&reservation);
-            // A handler removed from the configuration since: nothing can run it.
+            // A handler removed from the configuration since, or whose patterns no longer
+            // match: nothing can run it.
             unrun.extend(
                 run.iter()
                     .filter(|h| !starting.iter().any(|s| &**s == h.as_str()))
@@ -106,7 +107,7 @@ impl Recovery {
                         (
                             h.as_str(),
                             RunStatus::Rejected,
-                            &"the handler is no longer configured" as _,
+                            &"the handler is no longer configured for this repository and tag" as _,
                         )
                     }),
             );
