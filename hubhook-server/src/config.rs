@@ -91,6 +91,8 @@ pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
     pub(crate) path: String,
     pub(crate) data_dir: PathBuf,
+    /// The line of `data_dir` in the file, when it is written there.
+    pub(crate) data_dir_line: Option<usize>,
     pub(crate) max_body: u64,
     /// The body limit of hooks that only a signature authenticates.
     pub(crate) signed_max_body: u64,
@@ -163,6 +165,9 @@ pub(crate) struct HandlerSpec {
     pub(crate) timeout: Option<Duration>,
     pub(crate) queue: QueueSpec,
     pub(crate) kind: HandlerKind,
+    /// The line that names the program a shell or docker handler runs (its `command` or
+    /// `docker`, else its table), for `check` to point at.
+    pub(crate) program_line: Option<usize>,
 }
 
 /// What a handler is, with its type's own settings.
@@ -203,6 +208,7 @@ impl Config {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
             path: hubhook_core::DEFAULT_PATH.to_owned(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            data_dir_line: None,
             max_body: hubhook_core::DEFAULT_MAX_BODY,
             signed_max_body: hubhook_core::DEFAULT_SIGNED_MAX_BODY,
             header_timeout: Duration::from_secs(10),
@@ -228,6 +234,7 @@ impl Config {
                 kind: HandlerKind::Log {
                     format: LogFormat::Text,
                 },
+                program_line: None,
             }],
         }
     }
@@ -515,6 +522,7 @@ impl Parser<'_> {
         }
         if let Some(dir) = &raw.data_dir {
             config.data_dir = base.join(dir.get_ref());
+            config.data_dir_line = Some(self.line_of(dir.span().start));
         }
         if let Some(journal) = &raw.journal {
             self.journal(journal, &mut config)?;
@@ -693,6 +701,12 @@ impl Parser<'_> {
             .map(|t| self.handler_duration(table, &key("timeout"), "timeout", &t))
             .transpose()?;
         let queue = self.queue(index, table, &mut rest)?;
+        let program_line = match kind.as_str() {
+            "shell" => Some(self.key_span(table, "command")),
+            "docker" => Some(self.key_span(table, "docker")),
+            _ => None,
+        }
+        .map(|span| self.line_of(span.start));
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(self.error_at(
                 self.key_span(table, "name"),
@@ -874,6 +888,7 @@ impl Parser<'_> {
             timeout,
             queue,
             kind,
+            program_line,
         })
     }
 

@@ -8,22 +8,14 @@ use crate::config::{Config, HandlerKind};
 /// Checks what `serve` will need; returns what was checked, or the first problem as
 /// `FILE[:LINE]: KEY: problem`.
 pub(crate) fn check(config: &Config) -> Result<Vec<String>, String> {
-    let file = config.file.as_deref().unwrap_or(Path::new("(no file)"));
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let at = |key: &str, name: &str, problem: String| {
-        // The line of the key, when it is written in the file.
-        let line = text
-            .lines()
-            .position(|l| {
-                l.trim_start().starts_with(&format!("{name} "))
-                    || l.trim_start().starts_with(&format!("{name}="))
-            })
-            .map_or(String::new(), |i| format!(":{}", i + 1));
+    let at = |key: &str, line: Option<usize>, problem: String| {
+        let file = config.file.as_deref().unwrap_or(Path::new("(no file)"));
+        let line = line.map_or(String::new(), |line| format!(":{line}"));
         format!("{}{line}: {key}: {problem}", file.display())
     };
     let mut checked = Vec::new();
     let dir = &config.data_dir;
-    let data_dir = |problem: String| at("data_dir", "data_dir", problem);
+    let data_dir = |problem: String| at("data_dir", config.data_dir_line, problem);
     let Some(found) = existing_ancestor(dir) else {
         return Err(data_dir(format!(
             "{} has no existing parent",
@@ -59,7 +51,7 @@ pub(crate) fn check(config: &Config) -> Result<Vec<String>, String> {
         let found = executable(&program).ok_or_else(|| {
             at(
                 &format!("handler[{i}].{key}"),
-                key,
+                spec.program_line,
                 match program.components().count() {
                     1 => format!(
                         "{:?} is not a program in PATH",

@@ -429,6 +429,11 @@ fn check_verifies_the_data_dir_and_the_programs() {
             "[[handler]]\ntype = \"docker\"\nimage = \"acme/site\"\ncontainer = \"site\"\ndocker = \"/nonexistent/docker\"\n".to_owned(),
             "error: hubhook.toml:8: handler[0].docker: /nonexistent/docker is not an executable file",
         ),
+        (
+            // The second handler's line, not the first one's.
+            "[[handler]]\ntype = \"shell\"\ncommand = [\"/bin/sh\"]\n\n[[handler]]\ntype = \"shell\"\nname = \"two\"\ncommand = [\"/nonexistent/two.sh\"]\n".to_owned(),
+            "error: hubhook.toml:11: handler[1].command: /nonexistent/two.sh is not an executable file",
+        ),
     ] {
         let text = if extra.starts_with("data_dir") {
             format!("{extra}{AUTH}")
