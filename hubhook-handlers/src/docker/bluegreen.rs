@@ -8,7 +8,7 @@
 //! points to passed, the old container goes and the new one takes the name; nginx is
 //! reloaded after any repair, in case the switch was written and not yet loaded.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hubhook_core::{Context, HandlerError, Outcome};
@@ -129,11 +129,6 @@ impl BlueGreen {
             )),
         }
     }
-
-    /// The upstream file.
-    pub fn upstream_file(&self) -> &Path {
-        &self.upstream_file
-    }
 }
 
 /// A `-p` value: `[IP:]HOST_PORT:CONTAINER_PORT`; nginx reaches it at `IP:HOST_PORT`
@@ -204,7 +199,7 @@ impl Swap<'_> {
             )
         } else {
             d.run(&["rm", "--force", &candidate.id]).await?;
-            match slot {
+            let done = match slot {
                 // nginx points to it, but it stopped: back to the other port, where the
                 // previous container (if any) still runs.
                 Some(slot) if switched => {
@@ -217,12 +212,13 @@ impl Swap<'_> {
                     format!("removed {new}, which had stopped; nginx points back to the previous container")
                 }
                 _ => format!("removed {new}, which nginx does not point to"),
+            };
+            // The switch may have been written (now, or before a crash) and not loaded.
+            if let Err(e) = bg.reload_nginx(d.step_timeout).await {
+                return Ok(Some(format!("{done}; reloading nginx failed: {e}")));
             }
+            done
         };
-        // The switch may have been written and not loaded.
-        if let Err(e) = bg.reload_nginx(d.step_timeout).await {
-            return Ok(Some(format!("{done}; reloading nginx failed: {e}")));
-        }
         Ok(Some(done))
     }
 
@@ -239,8 +235,10 @@ impl Swap<'_> {
         let d = self.docker;
         let new = new_name(self.name);
         let previous = d.find(self.name).await.map_err(super::swap::step)?;
-        // The other port than the one nginx points to now.
-        let slot = match bg.current() {
+        // The other port than the one nginx points to now; the file cannot change while
+        // the deploy lock is held.
+        let previous_slot = bg.current();
+        let slot = match previous_slot {
             Some(current) if previous.is_some() => 1 - current,
             _ => 0,
         };
@@ -281,7 +279,6 @@ impl Swap<'_> {
             }
         };
         // The switch: nginx points to the new container from here on.
-        let previous_slot = bg.current();
         let switched = match bg.switch(slot) {
             Ok(()) => bg.reload_nginx(d.step_timeout).await,
             Err(e) => Err(format!("cannot write {}: {e}", bg.upstream_file.display())),

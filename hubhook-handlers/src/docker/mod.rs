@@ -233,17 +233,14 @@ impl DockerHandler {
         self
     }
 
-    /// How long a swap in progress may take to finish at shutdown: the stop timeout, the
-    /// health timeout and a margin of 10 s.
+    /// How long a server waits at shutdown for a swap in progress: the stop timeout, the
+    /// health timeout and a margin of 10 s. A swap whose docker commands hang longer
+    /// (each has [`step_timeout`](Self::step_timeout)) is cut short and left for
+    /// [`reconcile`](Self::reconcile).
     pub fn swap_bound(&self) -> Duration {
         self.stop_timeout
             .saturating_add(self.health_timeout)
             .saturating_add(SHUTDOWN_MARGIN)
-    }
-
-    /// Whether this handler redeploys a Swarm service (not a container).
-    pub fn is_service(&self) -> bool {
-        matches!(self.target, Target::Service { .. })
     }
 
     /// The `docker` binary to run; default `docker` from `PATH`.
@@ -317,21 +314,33 @@ impl DockerHandler {
     /// Pulls the pushed tag (a failed pull touches nothing) and returns what to run:
     /// `image@digest` when the provider named the digest, after checking that the tag
     /// really points to it (so a payload cannot pick another build of the repository
-    /// under an allowed tag), else `image:tag`.
-    async fn pull(&self, msg: &HubMessage, ctx: &Context) -> Result<String, HandlerError> {
+    /// under an allowed tag). Without a digest in the message: `image:tag`, or with `pin`
+    /// the digest the pull found, so that a Swarm service moves only to an image that
+    /// exists (Swarm stops a running task before it finds out that a tag is missing).
+    async fn pull(
+        &self,
+        msg: &HubMessage,
+        ctx: &Context,
+        pin: bool,
+    ) -> Result<String, HandlerError> {
         let tagged = format!("{}:{}", self.image, msg.tag());
         let digests = self.pulled_digests(&tagged, ctx).await?;
-        let Some(digest) = &msg.digest else {
-            return Ok(tagged);
+        let digest = match &msg.digest {
+            Some(digest) if digests.contains(digest) => digest,
+            Some(digest) => {
+                return Err(HandlerError::Rejected(format!(
+                    "{tagged} does not point to the pushed digest {digest} (a newer push won, or \
+                     the payload names another build); nothing changed"
+                )))
+            }
+            None if !pin => return Ok(tagged),
+            None => digests.first().ok_or_else(|| {
+                failed(format!(
+                    "{tagged} has no registry digest after its pull; nothing changed"
+                ))
+            })?,
         };
-        if digests.iter().any(|d| d == digest) {
-            Ok(format!("{}@{digest}", self.image))
-        } else {
-            Err(HandlerError::Rejected(format!(
-                "{tagged} does not point to the pushed digest {digest} (a newer push won, or the \
-                 payload names another build); nothing changed"
-            )))
-        }
+        Ok(format!("{}@{digest}", self.image))
     }
 
     /// Pulls `tagged` and returns the digests the registry knows it by.
@@ -372,23 +381,6 @@ impl DockerHandler {
             .collect())
     }
 
-    /// For a Swarm service: the pushed tag resolved to `image@digest`, so the service
-    /// moves only to an image that exists (Swarm stops a running task before it finds out
-    /// that a tag is missing).
-    async fn resolve(&self, msg: &HubMessage, ctx: &Context) -> Result<String, HandlerError> {
-        let reference = self.pull(msg, ctx).await?;
-        if reference.contains('@') {
-            return Ok(reference);
-        }
-        let digests = self.pulled_digests(&reference, ctx).await?;
-        match digests.first() {
-            Some(digest) => Ok(format!("{}@{digest}", self.image)),
-            None => Err(failed(format!(
-                "{reference} has no registry digest after its pull; nothing changed"
-            ))),
-        }
-    }
-
     fn swap<'a>(
         &'a self,
         name: &'a str,
@@ -422,11 +414,11 @@ impl DockerHandler {
                 if let Some(repaired) = swap.reconcile().await.map_err(failed)? {
                     tracing::warn!(handler = %self.name, container = %name, "before deploying: {repaired}");
                 }
-                let reference = self.pull(msg, ctx).await?;
+                let reference = self.pull(msg, ctx, false).await?;
                 swap.run(&reference, ctx, started, started.elapsed()).await
             }
             Target::Service { name } => {
-                let reference = self.resolve(msg, ctx).await?;
+                let reference = self.pull(msg, ctx, true).await?;
                 let tagged = format!("{}:{}", self.image, msg.tag());
                 service::update(&self.docker, &tagged, &reference, ctx, name).await
             }
@@ -454,8 +446,9 @@ impl DockerHandler {
             .map_err(failed)
     }
 
-    /// Waits until every swap in progress (in any docker handler of this process) has
-    /// finished or rolled back, for at most `limit`; whether they all did. Swaps go on in
+    /// Waits until every deploy task in progress (in any docker handler of this process:
+    /// swaps, service updates, and those waiting for the deploy lock) has finished or
+    /// rolled back, for at most `limit`; whether they all did. Swaps go on in
     /// their own tasks after their run was cancelled, so a server calls this before it
     /// exits: a swap cut short at exit is left for [`reconcile`](Self::reconcile).
     pub async fn finish_swaps(limit: Duration) -> bool {

@@ -34,6 +34,12 @@ pub(super) async fn update(
             ctx,
         )
         .await;
+    // A hung or cancelled update ends here, without waiting on the daemon again.
+    match update {
+        Err(Failure::Timeout(_, limit)) => return Err(HandlerError::Timeout(limit)),
+        Err(Failure::Cancelled) => return Err(HandlerError::Cancelled),
+        _ => {}
+    }
     let state = docker
         .run(&[
             "service",
@@ -45,15 +51,10 @@ pub(super) async fn update(
         .await
         .unwrap_or_default();
     let state = state.trim();
-    match update {
-        Err(Failure::Timeout(_, limit)) => return Err(HandlerError::Timeout(limit)),
-        Err(Failure::Cancelled) => return Err(HandlerError::Cancelled),
-        Err(e) => {
-            return Err(HandlerError::Failed(format!(
-                "service update of {service} to {tagged} ({reference}) failed ({state}): {e}"
-            )))
-        }
-        Ok(_) => {}
+    if let Err(e) = update {
+        return Err(HandlerError::Failed(format!(
+            "service update of {service} to {tagged} ({reference}) failed ({state}): {e}"
+        )));
     }
     if state.starts_with("rollback") || state.starts_with("paused") {
         return Err(HandlerError::Failed(format!(

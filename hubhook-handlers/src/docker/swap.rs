@@ -118,10 +118,13 @@ impl Swap<'_> {
         let previous = d.find(self.name).await.map_err(step)?;
         let old_image = match &previous {
             Some(p) => {
-                let image = d
-                    .run(&["inspect", "--format", "{{.Image}}", &p.id])
-                    .await
-                    .map_err(step)?;
+                // Only cleanup needs the old image.
+                let image = if self.cleanup {
+                    let inspect = ["inspect", "--format", "{{.Image}}", &p.id];
+                    Some(d.run(&inspect).await.map_err(step)?)
+                } else {
+                    None
+                };
                 if let Err(e) = d.run(&["rename", &p.id, &old]).await {
                     // It may have been renamed all the same (a slow daemon): name it back.
                     let back = self.restore(p).await;
@@ -147,7 +150,7 @@ impl Swap<'_> {
                         back.err(),
                     ));
                 }
-                Some(image.trim().to_owned())
+                image.map(|image| image.trim().to_owned())
             }
             None => None,
         };
@@ -190,9 +193,8 @@ impl Swap<'_> {
                 summary.push_str(&format!("; {old} kept, the next deploy removes it: {e}"));
             }
         }
-        if let (true, Some(old_image)) = (self.cleanup, old_image) {
-            self.remove_image(self.image, &id, &old_image, &mut summary)
-                .await;
+        if let Some(old_image) = old_image {
+            self.remove_image(&id, &old_image, &mut summary).await;
         }
         Ok(Outcome::new(summary))
     }
@@ -202,8 +204,8 @@ impl Swap<'_> {
     /// image goes unless something else names it. Never with `--force`: docker refuses to
     /// remove the last reference of an image a container uses, and the outcome says so.
     /// Nothing goes when the new container runs the same image (pushed again).
-    async fn remove_image(&self, image: &str, new_id: &str, old_image: &str, summary: &mut String) {
-        let d = self.docker;
+    async fn remove_image(&self, new_id: &str, old_image: &str, summary: &mut String) {
+        let (d, image) = (self.docker, self.image);
         let new_image = d
             .run(&["inspect", "--format", "{{.Image}}", new_id])
             .await
