@@ -168,7 +168,7 @@ fn hook_deploy(port: u16, repo: &str, tag: &str, page_port: u16, log: &Arc<Mutex
     let started = Instant::now();
     let status = post(port, "/registry", &body);
     assert_eq!(status, 202, "the webhook was not accepted");
-    let (total, _) = wait_for_page(page_port, tag, started);
+    let total = wait_for_page(page_port, tag, started);
     let down = gaps.longest();
     // The handler's own split, from its log line.
     let needle = format!("deployed {repo}:{tag}");
@@ -223,7 +223,7 @@ fn plain_deploy(repo: &str, tag: &str, container: &str, page_port: u16) -> Row {
     must(&[
         "run", "--detach", "--init", "--name", container, "-p", &publish, &image,
     ]);
-    let (total, _) = wait_for_page(page_port, tag, started);
+    let total = wait_for_page(page_port, tag, started);
     Row {
         total,
         pull: pulled,
@@ -273,23 +273,14 @@ impl Gaps {
     }
 }
 
-/// Polls the page every 5 ms until it shows `tag`; returns (ms until then, ms it was down
-/// as this loop saw it).
-fn wait_for_page(port: u16, tag: &str, started: Instant) -> (u128, u128) {
+/// Polls the page every 5 ms until it shows `tag`; returns the ms from `started` until
+/// then (the longest gap is the poller's to measure).
+fn wait_for_page(port: u16, tag: &str, started: Instant) -> u128 {
     let want = format!("site {tag}");
-    let mut first_failure = None;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        match quick_page(port) {
-            Some(body) if body == want => {
-                let total = started.elapsed().as_millis();
-                let down = first_failure.map_or(0, |at: Instant| at.elapsed().as_millis());
-                return (total, down);
-            }
-            Some(_) => {}
-            None => {
-                first_failure.get_or_insert_with(Instant::now);
-            }
+        if quick_page(port).is_some_and(|body| body == want) {
+            return started.elapsed().as_millis();
         }
         assert!(Instant::now() < deadline, "the page never showed {want}");
         std::thread::sleep(Duration::from_millis(5));

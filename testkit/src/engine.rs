@@ -88,7 +88,7 @@ fn must(args: &[&str]) -> String {
     out
 }
 
-/// Imports the four test images once per test run.
+/// Imports the test images once per test run.
 pub fn images() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {

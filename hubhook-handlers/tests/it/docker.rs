@@ -635,7 +635,7 @@ async fn the_reconciler_keeps_the_last_container_that_passed() {
         return;
     }
     let s = Site::new("reconcile", &["v1", "v2"]);
-    let (registry, name, port) = (&s.registry, &s.name, s.port);
+    let (name, port) = (&s.name, s.port);
     let handler = s.handler();
     let (old, new) = (format!("{name}-hubhook-old"), format!("{name}-hubhook-new"));
     let run_v2_as = |container: &str| {
@@ -701,7 +701,6 @@ async fn the_reconciler_keeps_the_last_container_that_passed() {
 
     // Nothing to do.
     assert_eq!(handler.reconcile().await.expect("reconcile"), None);
-    let _ = registry;
 }
 
 /// Debian's nginx, started for one test on a free port, proxying to the upstream file that
