@@ -74,10 +74,15 @@ fn write<T>(lock: &RwLock<T>, value: T) {
 impl Certificates {
     /// Installs a chain and its key (PEM) as the certificate new connections get.
     fn install(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
-        write(
-            &self.current,
-            Some(Arc::new(certified(chain_pem, key_pem)?)),
-        );
+        let certified = certified(chain_pem, key_pem)?;
+        // The cache's two files are replaced one at a time: a crash in between leaves a
+        // key beside a certificate it does not belong to, which must not be served. (Not
+        // for the challenge certificate: its critical acmeIdentifier extension is one
+        // webpki, which parses the certificate here, does not know.)
+        certified
+            .keys_match()
+            .map_err(|e| format!("the private key does not belong to the certificate: {e}"))?;
+        write(&self.current, Some(Arc::new(certified)));
         Ok(())
     }
 
@@ -297,4 +302,24 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
     std::fs::rename(&temp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_from_another_certificate_is_refused() {
+        let one = rcgen::generate_simple_self_signed(vec!["one.test".to_owned()]).expect("one");
+        let two = rcgen::generate_simple_self_signed(vec!["two.test".to_owned()]).expect("two");
+        let (cert, key) = (one.cert.pem(), one.key_pair.serialize_pem());
+        let certs = Certificates::default();
+        assert_eq!(certs.install(&cert, &key), Ok(()));
+        let got = certs.install(&cert, &two.key_pair.serialize_pem()).err();
+        assert!(
+            got.as_deref()
+                .is_some_and(|e| e.contains("does not belong to the certificate")),
+            "{got:?}"
+        );
+    }
 }
