@@ -62,7 +62,7 @@
 //! | body slower than the read timeout | 408 |
 //! | other method on the hook path | 405 with `Allow: POST` |
 //! | unknown path | 404 |
-//! | shutting down, or a handler's queue full | 503 with `Retry-After` |
+//! | shutting down (a request on a connection still open while running handlers finish; new connections are refused), or a handler's queue full | 503 with `Retry-After` |
 //! | `GET /healthz` | 200, no key needed |
 //! | `GET /metrics` | Prometheus text format, no key needed |
 //!

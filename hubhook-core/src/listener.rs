@@ -217,8 +217,9 @@ impl Listener {
     }
 
     /// Serves until a [`ShutdownHandle`] asks it to stop. Shutdown then goes: stop
-    /// accepting; new webhooks get 503; requests under way are answered; connections close;
-    /// running handlers get the grace period, then are cancelled.
+    /// accepting; requests under way are answered, and webhooks on connections still open
+    /// get 503 with `Retry-After`; running handlers get the grace period, then are
+    /// cancelled; then the connections close.
     pub async fn serve(self) -> Result<(), Error> {
         let Listener {
             tcp,
@@ -242,6 +243,11 @@ impl Listener {
         // the idle timeout below closes silent connections of both versions instead.
         let http = Arc::new(http);
         let connections = TaskTracker::new();
+        // Every request in flight, on any connection: shutdown waits for these before it
+        // closes the handlers' queues.
+        let requests = TaskTracker::new();
+        // Cancelled once the handlers are done: then open connections close.
+        let close = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections));
         let peers = Arc::new(Peers::default());
 
@@ -274,7 +280,8 @@ impl Listener {
                 http: http.clone(),
                 service: service.clone(),
                 settings: settings.clone(),
-                shutdown: shutdown.clone(),
+                requests: requests.clone(),
+                close: close.clone(),
             };
             connections.spawn(async move {
                 conn.serve(stream, peer).await;
@@ -283,23 +290,37 @@ impl Listener {
             });
         }
 
+        // Open connections stay open while the handlers finish, so a client that reuses
+        // one (nginx's upstream keep-alive, for one) is told "503, try again later" instead
+        // of finding the connection gone.
         drop(tcp);
         service.begin_shutdown();
         connections.close();
+        requests.close();
         tracing::info!(
             open = connections.len(),
-            "shutting down: no longer accepting"
+            "shutting down: no longer accepting; webhooks on open connections get 503"
         );
-        if tokio::time::timeout(settings.grace, connections.wait())
+        if tokio::time::timeout(settings.grace, requests.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = requests.len(),
+                "requests still under way after the grace period"
+            );
+        }
+        service.shutdown(settings.grace).await;
+        close.cancel();
+        if tokio::time::timeout(CLOSE_WAIT, connections.wait())
             .await
             .is_err()
         {
             tracing::warn!(
                 open = connections.len(),
-                "connections still open after the grace period; closing them"
+                "connections still open after shutdown; dropping them"
             );
         }
-        service.shutdown(settings.grace).await;
         tracing::info!("shut down");
         Ok(())
     }
@@ -344,7 +365,10 @@ struct Connection {
     http: Arc<auto::Builder<TokioExecutor>>,
     service: HubhookService,
     settings: Settings,
-    shutdown: CancellationToken,
+    /// Counts this connection's requests among all those in flight.
+    requests: TaskTracker,
+    /// Cancelled when the listener has finished its shutdown: the connection closes.
+    close: CancellationToken,
 }
 
 impl Connection {
@@ -373,6 +397,7 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let service = self.service.clone();
+        let requests = self.requests.clone();
         let in_flight = Arc::new(AtomicUsize::new(0));
         let counter = in_flight.clone();
         let started = Instant::now();
@@ -381,7 +406,7 @@ impl Connection {
         let seen = webhook.clone();
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let service = service.clone();
-            let guard = InFlight::enter(&counter);
+            let guard = (InFlight::enter(&counter), requests.token());
             let hook = service.is_hook_path(req.uri().path());
             let seen = seen.clone();
             let mark = move || {
@@ -450,7 +475,7 @@ impl Connection {
                         conn.as_mut().graceful_shutdown();
                     }
                 }
-                () = self.shutdown.cancelled(), if !closing => {
+                () = self.close.cancelled(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -462,6 +487,9 @@ impl Connection {
         }
     }
 }
+
+/// How long the last step of a shutdown waits for connections to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a closing connection must be silent, with no request in flight, before it is
 /// dropped.

@@ -389,3 +389,62 @@ fn an_empty_or_blank_key_is_refused_by_the_builder() {
         "{built:?}"
     );
 }
+
+#[tokio::test]
+async fn shutting_down_answers_503_on_a_kept_alive_connection_until_handlers_finish() {
+    for transport in TRANSPORTS {
+        let Gated {
+            service,
+            release,
+            mut started,
+            mut finished,
+        } = Gated::new(4);
+        let server = TestServer::start(service, transport).await;
+        let addr = server.addr;
+        // One connection, kept alive across requests as nginx's upstream keep-alive does.
+        let mut io = server.connect().await;
+        io.write_all(&post_bytes(&hook(KEY), &[], EXAMPLE_PAYLOAD.as_bytes()))
+            .await
+            .expect("first request");
+        let first = read_response(&mut io).await.expect("an answer");
+        assert_eq!(first.status, 202, "{transport:?}");
+        next(&mut started).await;
+
+        let serving = tokio::spawn(server.stop());
+        // The listening socket closes in the same step that starts refusing webhooks, so a
+        // refused connect is the sign that the shutdown has begun.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the listener stops accepting"
+            );
+            tokio::task::yield_now().await;
+        }
+
+        // The handler still runs: the open connection is answered, not dropped.
+        io.write_all(&post_bytes(&hook(KEY), &[], EXAMPLE_PAYLOAD.as_bytes()))
+            .await
+            .expect("second request on the same connection");
+        let second = read_response(&mut io)
+            .await
+            .expect("an answer on the kept-alive connection, not a close");
+        assert_eq!(second.status, 503, "{transport:?}");
+        assert_eq!(second.header("retry-after"), Some("5"));
+        assert_eq!(second.json()["error"], "shutting down");
+        assert!(!serving.is_finished(), "shutdown waits for the handler");
+
+        // Once the handler is done, shutdown finishes and the connection closes.
+        release.add_permits(1);
+        assert_eq!(next(&mut finished).await, Ok(()));
+        serving.await.expect("serve returned");
+        assert!(
+            closes_within(&mut io, Duration::from_secs(5)).await,
+            "{transport:?}: the connection closes after shutdown"
+        );
+        assert!(
+            started.try_recv().is_err(),
+            "the refused webhook ran nothing"
+        );
+    }
+}
