@@ -376,7 +376,9 @@ impl HubMessage {
         self.raw = String::from_utf8_lossy(body).into_owned();
     }
 
-    fn full_name(&self) -> String {
+    /// The repository as `docker pull` names it: the registry host in front when known
+    /// (`localhost:5000/team/app`), else the repository alone (`acme/site`).
+    pub fn full_name(&self) -> String {
         match &self.registry {
             Some(host) => format!("{host}/{}", self.repository.repo_name),
             None => self.repository.repo_name.clone(),

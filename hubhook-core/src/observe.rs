@@ -272,7 +272,10 @@ impl Record {
         Self {
             id,
             source: msg.source.clone(),
-            repo: msg.repo().to_owned(),
+            // As `docker pull` names it, so that a registry's `host/team/app` is told
+            // apart from Docker Hub's `team/app`, and `deliveries list --repo` takes what
+            // the list shows.
+            repo: msg.full_name(),
             tag: msg.tag().to_owned(),
             message: serde_json::to_string(msg).unwrap_or_default(),
             handlers,

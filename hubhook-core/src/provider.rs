@@ -213,27 +213,34 @@ fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
-/// A message for `repository` (a registry host in front is kept apart), validated.
-fn message(
-    source: &str,
-    registry: Option<&str>,
-    repository: &str,
-    tag: &str,
-    digest: Option<&str>,
-    pusher: Option<&str>,
-    raw: &[u8],
-) -> Result<HubMessage, Refusal> {
-    let full = match registry {
-        Some(host) => format!("{host}/{repository}"),
-        None => repository.to_owned(),
-    };
-    let mut msg = HubMessage::new(&full, tag)?;
-    msg.source = source.to_owned();
-    msg.digest = digest.map(str::to_owned);
-    msg.push_data.pusher = pusher.map(str::to_owned);
-    msg.set_raw(raw);
-    msg.validate()?;
-    Ok(msg)
+/// What a provider's payload says about one push, before it is validated.
+struct Push<'a> {
+    source: &'static str,
+    registry: Option<&'a str>,
+    repository: &'a str,
+    tag: &'a str,
+    digest: Option<&'a str>,
+    pusher: Option<&'a str>,
+    pushed_at: Option<i64>,
+}
+
+impl Push<'_> {
+    /// The message for this push (a registry host in front is kept apart), validated,
+    /// holding `raw` as its JSON.
+    fn message(self, raw: &[u8]) -> Result<HubMessage, Refusal> {
+        let full = match self.registry {
+            Some(host) => format!("{host}/{}", self.repository),
+            None => self.repository.to_owned(),
+        };
+        let mut msg = HubMessage::new(&full, self.tag)?;
+        msg.source = self.source.to_owned();
+        msg.digest = self.digest.map(str::to_owned);
+        msg.push_data.pusher = self.pusher.map(str::to_owned);
+        msg.push_data.pushed_at = self.pushed_at;
+        msg.set_raw(raw);
+        msg.validate()?;
+        Ok(msg)
+    }
 }
 
 /// Distribution's notification envelope: `{"events": [...]}`.
@@ -260,15 +267,16 @@ fn registry(body: &[u8]) -> Result<Decoded, Refusal> {
                 };
                 // Each message keeps its own event as raw JSON, not the whole envelope:
                 // an envelope of many events must not cost events × envelope in memory.
-                let msg = message(
-                    "registry",
-                    text(event, "/request/host"),
+                let msg = Push {
+                    source: "registry",
+                    registry: text(event, "/request/host"),
                     repository,
                     tag,
-                    text(event, "/target/digest"),
-                    text(event, "/actor/name"),
-                    event.to_string().as_bytes(),
-                )?;
+                    digest: text(event, "/target/digest"),
+                    pusher: text(event, "/actor/name"),
+                    pushed_at: text(event, "/timestamp").and_then(rfc3339_seconds),
+                }
+                .message(event.to_string().as_bytes())?;
                 messages.push((msg, text(event, "/id").map(str::to_owned)));
             }
             ("push", true, None) => skipped.push("manifest push without a tag".to_owned()),
@@ -340,15 +348,18 @@ fn github(headers: &HeaderMap, body: &[u8]) -> Result<Decoded, Refusal> {
     let digest = text(package, "/package_version/container_metadata/tag/digest")
         .or_else(|| text(package, "/package_version/version").filter(|v| v.starts_with("sha256:")));
     let repository = format!("{owner}/{name}").to_ascii_lowercase();
-    let msg = message(
-        "github",
-        Some(host),
-        &repository,
+    let msg = Push {
+        source: "github",
+        registry: Some(host),
+        repository: &repository,
         tag,
         digest,
-        text(&root, "/sender/login"),
-        body,
-    )?;
+        pusher: text(&root, "/sender/login"),
+        pushed_at: text(package, "/package_version/updated_at")
+            .or_else(|| text(package, "/updated_at"))
+            .and_then(rfc3339_seconds),
+    }
+    .message(body)?;
     Ok(Decoded::Messages(vec![(msg, None)]))
 }
 
@@ -370,8 +381,93 @@ fn generic(spec: &Generic, body: &[u8]) -> Result<Decoded, Refusal> {
         }
         _ => (None, repository),
     };
-    let msg = message("generic", registry, path, tag, digest, None, body)?;
+    // A generic body names no pusher and no time: the time it arrived stands in.
+    let received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let msg = Push {
+        source: "generic",
+        registry,
+        repository: path,
+        tag,
+        digest,
+        pusher: None,
+        pushed_at: Some(received),
+    }
+    .message(body)?;
     Ok(Decoded::Messages(vec![(msg, None)]))
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time such as
+/// `2016-03-09T14:44:26.402973972-08:00` (the form registries and GitHub send); `None`
+/// for anything else.
+fn rfc3339_seconds(text: &str) -> Option<i64> {
+    fn number(s: &str) -> Option<i64> {
+        s.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| s.parse().ok())
+            .flatten()
+    }
+    let b = text.as_bytes();
+    // ASCII only, so that slicing by byte below never splits a character.
+    if !text.is_ascii()
+        || b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (
+        number(&text[0..4])?,
+        number(&text[5..7])?,
+        number(&text[8..10])?,
+    );
+    let (hour, minute, second) = (
+        number(&text[11..13])?,
+        number(&text[14..16])?,
+        number(&text[17..19])?,
+    );
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    // A leap second counts as the last second of its minute.
+    let second = second.min(59);
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &fraction[digits..];
+    }
+    let offset = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (number(&rest[1..3])?, number(&rest[4..6])?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let minutes = h * 60 + m;
+            if *sign == b'-' {
+                -minutes
+            } else {
+                minutes
+            }
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to the civil date (proleptic Gregorian calendar).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset * 60)
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
@@ -516,6 +612,36 @@ mod tests {
             map.insert(*name, value.parse().expect("header value"));
         }
         map
+    }
+
+    #[test]
+    fn rfc3339_times_as_registries_and_github_send_them() {
+        // `date -d 2016-03-09T14:44:26-08:00 +%s`
+        assert_eq!(
+            rfc3339_seconds("2016-03-09T14:44:26.402973972-08:00"),
+            Some(1_457_563_466)
+        );
+        assert_eq!(rfc3339_seconds("2021-03-03T13:36:35Z"), Some(1_614_778_595));
+        assert_eq!(rfc3339_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_seconds("2000-02-29t12:00:00+05:30"),
+            Some(951_805_800)
+        );
+        assert_eq!(rfc3339_seconds("1969-12-31T23:59:59Z"), Some(-1));
+        for bad in [
+            "",
+            "2021-03-03",
+            "2021-03-03T13:36:35",
+            "2021-13-03T13:36:35Z",
+            "2021-03-03T24:00:00Z",
+            "2021-03-03T13:36:35.Z",
+            "2021-03-03T13:36:35+0100",
+            "2021-03-03T13:36:35Z junk",
+            "２０21-03-03T13:36:35Z",
+            "+021-03-03T13:36:35Z",
+        ] {
+            assert_eq!(rfc3339_seconds(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

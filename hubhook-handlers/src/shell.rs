@@ -41,18 +41,21 @@ const EXIT_POLL: Duration = Duration::from_millis(50);
 
 /// Runs a program for each message, with the payload in its environment and on stdin.
 ///
+/// Every variable is set for every provider; a value the provider does not send is empty.
+/// CONFIG.md lists where each comes from, provider by provider.
+///
 /// | variable | value |
 /// |---|---|
-/// | `HUBHOOK_REPO` | repository, e.g. `acme/site` |
+/// | `HUBHOOK_REPO` | repository without a registry host, e.g. `acme/site` |
 /// | `HUBHOOK_TAG` | tag, e.g. `latest` |
-/// | `HUBHOOK_IMAGE` | pullable reference, e.g. `acme/site:latest` |
-/// | `HUBHOOK_PUSHER` | who pushed (control characters removed) |
-/// | `HUBHOOK_PUSHED_AT` | seconds since the epoch |
+/// | `HUBHOOK_IMAGE` | what `docker pull` takes: `[host/]repo@digest` when the digest is known, else `[host/]repo:tag` |
+/// | `HUBHOOK_REGISTRY` | the registry host, or empty (Docker Hub) |
+/// | `HUBHOOK_DIGEST` | the manifest digest, or empty |
+/// | `HUBHOOK_PUSHER` | who pushed (control characters removed), or empty |
+/// | `HUBHOOK_PUSHED_AT` | when, in seconds since the epoch, or empty |
+/// | `HUBHOOK_SOURCE` | the provider, e.g. `dockerhub` |
 /// | `HUBHOOK_DELIVERY` | the delivery id |
 /// | `HUBHOOK_ATTEMPT` | the attempt number, from 1 |
-/// | `HUBHOOK_SOURCE` | the provider, e.g. `dockerhub` |
-/// | `HUBHOOK_REGISTRY` | the registry host, when known |
-/// | `HUBHOOK_DIGEST` | the manifest digest, when known |
 ///
 /// Standard input carries the message as JSON (Docker Hub's shape plus `source`,
 /// `registry`, `digest`). Exit status 0 is success; anything else is a failure whose
@@ -160,29 +163,35 @@ impl ShellHandler {
     }
 }
 
-/// The `HUBHOOK_*` environment for `msg`.
+/// The `HUBHOOK_*` environment for `msg`: every variable is set for every provider, empty
+/// when the provider does not say (see the table on [`ShellHandler`]).
 pub(crate) fn payload_env(msg: &HubMessage, ctx: &Context) -> Vec<(&'static str, String)> {
-    let mut env = vec![
+    let or_empty = |value: Option<&String>| value.cloned().unwrap_or_default();
+    vec![
         ("HUBHOOK_REPO", msg.repo().to_owned()),
         ("HUBHOOK_TAG", msg.tag().to_owned()),
         ("HUBHOOK_IMAGE", msg.image()),
         ("HUBHOOK_DELIVERY", ctx.delivery().to_string()),
         ("HUBHOOK_ATTEMPT", ctx.attempt().to_string()),
         ("HUBHOOK_SOURCE", printable(&msg.source)),
-    ];
-    if let Some(pusher) = &msg.push_data.pusher {
-        env.push(("HUBHOOK_PUSHER", printable(pusher)));
-    }
-    if let Some(at) = msg.push_data.pushed_at {
-        env.push(("HUBHOOK_PUSHED_AT", at.to_string()));
-    }
-    if let Some(registry) = &msg.registry {
-        env.push(("HUBHOOK_REGISTRY", registry.clone()));
-    }
-    if let Some(digest) = &msg.digest {
-        env.push(("HUBHOOK_DIGEST", digest.clone()));
-    }
-    env
+        (
+            "HUBHOOK_PUSHER",
+            msg.push_data
+                .pusher
+                .as_deref()
+                .map(printable)
+                .unwrap_or_default(),
+        ),
+        (
+            "HUBHOOK_PUSHED_AT",
+            msg.push_data
+                .pushed_at
+                .map(|at| at.to_string())
+                .unwrap_or_default(),
+        ),
+        ("HUBHOOK_REGISTRY", or_empty(msg.registry.as_ref())),
+        ("HUBHOOK_DIGEST", or_empty(msg.digest.as_ref())),
+    ]
 }
 
 /// Free text from a payload, without control characters (and so without NUL, which an

@@ -19,7 +19,7 @@ pub struct Summary {
     pub received_ms: i64,
     /// The provider it came from.
     pub source: String,
-    /// The repository (`namespace/name`).
+    /// The repository as `docker pull` names it: `[host/]namespace/name`.
     pub repo: String,
     /// The tag.
     pub tag: String,
@@ -55,7 +55,7 @@ pub struct Attempt {
 pub struct Filter {
     /// Only this status.
     pub status: Option<DeliveryStatus>,
-    /// Only this repository (`namespace/name`).
+    /// Only this repository, written as the list shows it (`[host/]namespace/name`).
     pub repo: Option<String>,
     /// At most this many, newest first.
     pub limit: Option<u64>,

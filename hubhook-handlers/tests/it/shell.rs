@@ -49,10 +49,14 @@ async fn the_payload_arrives_as_environment_and_stdin() {
             "{want} missing from:\n{env}"
         );
     }
-    assert!(
-        !env.contains("HUBHOOK_DIGEST"),
-        "no digest is known for a Docker Hub push"
-    );
+    // Set, and empty: no digest or registry is known for a Docker Hub push.
+    for empty in ["HUBHOOK_DIGEST=", "HUBHOOK_REGISTRY="] {
+        assert!(
+            env.lines().any(|l| l == empty),
+            "{empty} missing from:
+{env}"
+        );
+    }
     let stdin: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("stdin")).expect("stdin file"),
     )
