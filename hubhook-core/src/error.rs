@@ -16,9 +16,10 @@ pub enum Error {
         "an API key is empty or only white space; give a real key (`hubhook keygen` makes one)"
     )]
     EmptyApiKey,
-    /// The hook path does not start with `/`, has a query, or is a reserved path.
-    #[error("invalid hook path {0:?}: it must start with '/' and not be /healthz or /metrics")]
-    InvalidPath(String),
+    /// A hook path breaks [`Hook::check_path`](crate::Hook::check_path), or two hooks
+    /// share one: the path and which rule it breaks.
+    #[error("invalid hook path {0:?}: {1}")]
+    InvalidPath(String, &'static str),
     /// Two handlers have the same name.
     #[error("two handlers are named {0:?}; handler names must be unique")]
     DuplicateHandler(String),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hubhook_core::plugin::PluginHandler;
-use hubhook_core::{Generic, Provider};
+use hubhook_core::{Generic, Hook, Provider};
 use hubhook_handlers::{DockerHandler, LogFormat};
 use serde::Deserialize;
 use toml::Spanned;
@@ -274,6 +274,13 @@ fn config_dir(file: &Path) -> &Path {
     }
 }
 
+/// `path` as written in the file, resolved from `base` (see [`config_dir`]): `./deploy.sh`
+/// beside a bare `hubhook.toml` is `./deploy.sh`, not `././deploy.sh`.
+fn resolve(base: &Path, path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    base.join(path.strip_prefix(".").unwrap_or(path))
+}
+
 /// The data dir `file` names, read without anything else: `hubhook deliveries` needs only
 /// this, and must not load plugins or read TLS and key files to find it.
 pub(crate) fn data_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
@@ -294,7 +301,7 @@ pub(crate) fn data_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
     let base = config_dir(file);
     match table.get("data_dir") {
         None => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
-        Some(toml::Value::String(dir)) => Ok(base.join(dir)),
+        Some(toml::Value::String(dir)) => Ok(resolve(base, dir)),
         Some(other) => Err(fail(
             None,
             Some("data_dir"),
@@ -487,11 +494,13 @@ impl Parser<'_> {
                 .to_string()
                 .replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
+            let leaf = path.rsplit('.').next().unwrap_or("");
+            let message = in_words(leaf, &without_values(inner.message().trim()));
             ConfigError {
                 file: self.file.to_owned(),
                 line: inner.span().map(|s| self.line_of(s.start)),
                 key: (path != "." && !path.is_empty()).then_some(path),
-                message: without_values(inner.message().trim()),
+                message,
             }
         })?;
 
@@ -509,19 +518,13 @@ impl Parser<'_> {
         }
         if let Some(path) = &raw.path {
             let p = path.get_ref();
-            if !p.starts_with('/') || p.contains(['?', '#']) || p == "/healthz" || p == "/metrics" {
-                return Err(self.error_at(
-                    path.span(),
-                    "path",
-                    format!(
-                        "{p:?} must start with '/', have no query, and not be /healthz or /metrics"
-                    ),
-                ));
+            if let Err(problem) = Hook::check_path(p) {
+                return Err(self.error_at(path.span(), "path", format!("{p:?}: {problem}")));
             }
             config.path = p.clone();
         }
         if let Some(dir) = &raw.data_dir {
-            config.data_dir = base.join(dir.get_ref());
+            config.data_dir = resolve(base, dir.get_ref());
             config.data_dir_line = Some(self.line_of(dir.span().start));
         }
         if let Some(journal) = &raw.journal {
@@ -551,7 +554,7 @@ impl Parser<'_> {
                 };
                 let ca_file = match &callback.ca_file {
                     Some(file) => {
-                        let path = base.join(file.get_ref());
+                        let path = resolve(base, file.get_ref());
                         // Read now: a typo is a config error, not a failed callback later.
                         hubhook_core::callback::Callbacks::new()
                             .add_roots_pem_file(&path)
@@ -742,14 +745,19 @@ impl Parser<'_> {
                 }
                 // A program named by a relative path (with a '/') is the config's
                 // neighbour, like every other path in the file; a bare name is looked up
-                // in PATH as a shell would.
+                // in PATH as a shell would. It is made absolute: the program starts in
+                // `workdir`, where a relative path would name another file.
                 let mut command = shell.command;
                 if command[0].contains('/') && Path::new(&command[0]).is_relative() {
-                    command[0] = base.join(&command[0]).display().to_string();
+                    let path = resolve(base, &command[0]);
+                    command[0] = std::path::absolute(&path)
+                        .unwrap_or(path)
+                        .display()
+                        .to_string();
                 }
                 HandlerKind::Shell {
                     command,
-                    workdir: shell.workdir.map(|dir| base.join(dir)),
+                    workdir: shell.workdir.map(|dir| resolve(base, dir)),
                     env: shell.env,
                     output_tail: shell.output_tail,
                 }
@@ -843,7 +851,7 @@ impl Parser<'_> {
                 if let Some(bin) = &raw.docker {
                     // Like a shell command: a relative path is the config's neighbour.
                     let bin = match bin.contains('/') && Path::new(bin).is_relative() {
-                        true => base.join(bin),
+                        true => resolve(base, bin),
                         false => PathBuf::from(bin),
                     };
                     handler = handler.docker_binary(bin);
@@ -863,7 +871,7 @@ impl Parser<'_> {
                     )
                 })?;
                 // Loaded and initialised now: `hubhook check` catches a bad plugin too.
-                let plugin = PluginHandler::load(base.join(&raw.path), &config)
+                let plugin = PluginHandler::load(resolve(base, &raw.path), &config)
                     .map_err(|e| {
                         self.error_at(self.key_span(table, "path"), &key("path"), e.to_string())
                     })?
@@ -907,7 +915,7 @@ impl Parser<'_> {
         }
         if let Some(file) = file {
             let name = format!("{at}.api_keys_file");
-            let path = base.join(file.get_ref());
+            let path = resolve(base, file.get_ref());
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 self.error_at(
                     file.span(),
@@ -948,17 +956,11 @@ impl Parser<'_> {
         let at = format!("hook[{index}]");
         let key = |k: &str| format!("{at}.{k}");
         let path = raw.path.get_ref();
-        if !path.starts_with('/')
-            || path.contains(['?', '#'])
-            || path == "/healthz"
-            || path == "/metrics"
-        {
+        if let Err(problem) = Hook::check_path(path) {
             return Err(self.error_at(
                 raw.path.span(),
                 &key("path"),
-                format!(
-                    "{path:?} must start with '/', have no query, and not be /healthz or /metrics"
-                ),
+                format!("{path:?}: {problem}"),
             ));
         }
         let required = |value: &Option<Spanned<String>>, name: &str, why: &str| match value {
@@ -971,6 +973,15 @@ impl Parser<'_> {
             Some(v) if v.get_ref().is_empty() => {
                 Err(self.error_at(v.span(), &key(name), format!("`{name}` must not be empty")))
             }
+            // The docs' "<the secret set on GitHub>" must not become a published secret.
+            Some(v) if name == "secret" && is_placeholder(v.get_ref()) => Err(self.error_at(
+                v.span(),
+                &key(name),
+                format!(
+                    "{:?} is a placeholder: put the secret the sender signs with here",
+                    v.get_ref()
+                ),
+            )),
             Some(v) => Ok(v.get_ref().clone()),
         };
         let pointer =
@@ -1057,8 +1068,8 @@ impl Parser<'_> {
         let table = start..start;
         match (&raw.cert, &raw.key, &raw.acme) {
             (Some(cert_at), Some(key_at), None) => {
-                let cert = base.join(cert_at.get_ref());
-                let key = base.join(key_at.get_ref());
+                let cert = resolve(base, cert_at.get_ref());
+                let key = resolve(base, key_at.get_ref());
                 // Reading both now turns a typo into a config error instead of a failed start.
                 if let Err(e) = hubhook_core::TlsConfig::from_pem_files(&cert, &key) {
                     let (span, name) = match &e {
@@ -1107,8 +1118,8 @@ impl Parser<'_> {
                     cache_dir: a
                         .cache_dir
                         .as_ref()
-                        .map_or_else(|| data_dir.join("acme"), |d| base.join(d)),
-                    ca_file: a.ca_file.as_ref().map(|f| base.join(f)),
+                        .map_or_else(|| data_dir.join("acme"), |d| resolve(base, d)),
+                    ca_file: a.ca_file.as_ref().map(|f| resolve(base, f)),
                     renew_before: duration(
                         &a.renew_before,
                         "renew_before",
@@ -1188,7 +1199,7 @@ impl Parser<'_> {
                         "blue-green needs the file nginx includes in its upstream block (upstream_file = \"/etc/nginx/hubhook/site.upstream\")".into(),
                     ));
                 };
-                let mut bg = hubhook_handlers::BlueGreen::new(ports, base.join(upstream))
+                let mut bg = hubhook_handlers::BlueGreen::new(ports, resolve(base, upstream))
                     .map_err(|e| at("ports", e.to_string()))?;
                 if let Some(reload) = &raw.reload {
                     if reload.first().is_none_or(String::is_empty) {
@@ -1317,6 +1328,13 @@ impl Parser<'_> {
     }
 
     fn check_key(&self, key: &str, span: Range<usize>, name: &str) -> Result<(), ConfigError> {
+        if is_placeholder(key) {
+            return Err(self.error_at(
+                span,
+                name,
+                format!("{key:?} is a placeholder: put a key here; `hubhook keygen` makes one"),
+            ));
+        }
         if key.trim().len() < MIN_KEY_LEN {
             return Err(self.error_at(span, name, format!(
                 "an API key must be at least {MIN_KEY_LEN} characters; `hubhook keygen` makes a good one"
@@ -1356,11 +1374,22 @@ impl Parser<'_> {
         match rest.remove(k) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(self.error_at(
-                self.key_span(table, k),
-                &format!("handler[{index}].{k}"),
-                format!("must be a string, not {}", other.type_str()),
-            )),
+            Some(other) => {
+                let found = match &other {
+                    toml::Value::Integer(n) => format!("integer {n}"),
+                    other => other.type_str().to_owned(),
+                };
+                let expected = if DURATION_KEYS.contains(&k) {
+                    "a duration like \"30s\" or \"10m\""
+                } else {
+                    "a string"
+                };
+                Err(self.error_at(
+                    self.key_span(table, k),
+                    &format!("handler[{index}].{k}"),
+                    type_mismatch_message(k, &found, expected),
+                ))
+            }
         }
     }
 
@@ -1439,7 +1468,60 @@ fn offending_key(e: serde_path_to_error::Error<toml::de::Error>) -> (String, Str
     } else {
         path
     };
-    (name, message)
+    let leaf = name.rsplit('.').next().unwrap_or(&name).to_owned();
+    (name, in_words(&leaf, &message))
+}
+
+/// The keys whose values are durations, in whatever table they appear.
+const DURATION_KEYS: &[&str] = &[
+    "timeout",
+    "header_timeout",
+    "shutdown_grace",
+    "stop_timeout",
+    "health_timeout",
+    "step_timeout",
+    "retry_backoff",
+    "renew_before",
+    "check_every",
+];
+
+/// serde's wording (`invalid type: integer `10`, expected a string`, `missing field`,
+/// `expected i64`) in the words the rest of `check` uses: what the key must be, then what
+/// it is, then how to write it when that is plain.
+fn in_words(key: &str, message: &str) -> String {
+    if let Some(field) = message.strip_prefix("missing field ") {
+        return format!("missing required key {field}");
+    }
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        return format!("unknown key {rest}");
+    }
+    let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    else {
+        return message.to_owned();
+    };
+    if DURATION_KEYS.contains(&key) {
+        return type_mismatch_message(key, found, "a duration like \"30s\" or \"10m\"");
+    }
+    let expected = match expected {
+        "i64" | "u64" | "u32" | "u16" | "usize" | "i32" => "a whole number",
+        "a boolean" => "true or false",
+        "a sequence" => "a list",
+        "a map" => "a table",
+        other => other,
+    };
+    type_mismatch_message(key, found, expected)
+}
+
+/// `must be EXPECTED, not FOUND`, with a way to write it for a number given as a duration.
+fn type_mismatch_message(key: &str, found: &str, expected: &str) -> String {
+    let found = found.replace('`', "");
+    let hint = match found.strip_prefix("integer ") {
+        Some(n) if DURATION_KEYS.contains(&key) => format!(": write \"{n}s\" for {n} seconds"),
+        _ => String::new(),
+    };
+    format!("must be {expected}, not {found}{hint}")
 }
 
 /// serde's message without the value it quotes (`invalid type: string "…", expected a
@@ -1499,6 +1581,13 @@ fn parse_size(value: &toml::Value) -> Result<u64, String> {
         Some(0) | None => Err(format!("{text:?} must be a positive size below 16 EiB")),
         Some(bytes) => Ok(bytes),
     }
+}
+
+/// Whether a value is the docs' stand-in for one the reader supplies: `<...>` or `...`.
+fn is_placeholder(value: &str) -> bool {
+    let value = value.trim();
+    (value.starts_with('<') && value.ends_with('>'))
+        || (!value.is_empty() && value.chars().all(|c| c == '.' || c == '…'))
 }
 
 #[cfg(test)]
@@ -1573,7 +1662,7 @@ mod tests {
         assert!(error(&format!(
             "{KEY}[[handler]]\ntype = \"log\"\nformatt = \"json\"\n"
         ))
-        .starts_with("hubhook.toml:5: handler[0].formatt: unknown field `formatt`"));
+        .starts_with("hubhook.toml:5: handler[0].formatt: unknown key `formatt`"));
         assert!(
             error(&format!("max_body = \"1XB\"\n{KEY}")).starts_with("hubhook.toml:1: max_body:")
         );
@@ -1581,7 +1670,7 @@ mod tests {
             .starts_with("hubhook.toml:2: header_timeout:"));
         let unknown = error(&format!("lisen = \"x\"\n{KEY}"));
         assert!(unknown.starts_with("hubhook.toml:1"), "{unknown}");
-        assert!(unknown.contains("unknown field `lisen`"), "{unknown}");
+        assert!(unknown.contains("unknown key `lisen`"), "{unknown}");
         let bad_type = error(&format!("max_connections = \"many\"\n{KEY}"));
         assert!(
             bad_type.starts_with("hubhook.toml:1: max_connections:"),
@@ -1614,7 +1703,7 @@ mod tests {
         assert_eq!(env.get("STAGE").map(String::as_str), Some("prod"));
         let e = error(&format!("{KEY}[[handler]]\ntype = \"shell\"\n"));
         assert!(
-            e.starts_with("hubhook.toml:3: handler[0].command: missing field `command`"),
+            e.starts_with("hubhook.toml:3: handler[0].command: missing required key `command`"),
             "{e}"
         );
         let e = error(&format!(
@@ -1628,7 +1717,7 @@ mod tests {
             "{KEY}[[handler]]\ntype = \"shell\"\ncommand = \"deploy.sh --fast\"\n"
         ));
         assert!(
-            e.starts_with("hubhook.toml:5: handler[0].command: invalid type: string"),
+            e.starts_with("hubhook.toml:5: handler[0].command: must be a list, not string"),
             "{e}"
         );
     }
@@ -1660,7 +1749,7 @@ mod tests {
             "{KEY}[[handler]]\ntype = \"docker\"\ncontainer = \"x\"\n"
         ));
         assert!(
-            e.starts_with("hubhook.toml:3: handler[0].image: missing field `image`"),
+            e.starts_with("hubhook.toml:3: handler[0].image: missing required key `image`"),
             "{e}"
         );
         let e = error(&format!(

@@ -51,7 +51,8 @@ enum Command {
     /// ./hubhook-data/api-key (the hook URL with the key is printed on stdout by every
     /// start until one has printed it). Logs go to stderr, one event per line; set
     /// HUBHOOK_LOG (for example "debug" or "hubhook_core=debug") to change how much; an
-    /// invalid value is an error.
+    /// invalid value is an error. It refuses to start (exit 1, with the same message)
+    /// whenever `check` would fail.
     Serve {
         /// The TOML configuration file (see docs/CONFIG.md).
         #[arg(long, short, value_name = "FILE")]
@@ -90,6 +91,12 @@ enum Command {
         action: DeliveriesCommand,
     },
     /// Post a test webhook (Docker Hub's documented example, or a file) and print the answer.
+    ///
+    /// Prints the status and the body. Exits 0 on a 2xx answer and 1 on any other answer
+    /// or when no answer came (with the reason and what to try). It sends no signature,
+    /// so it can test hooks that take an API key (Docker Hub, registry, generic), not a
+    /// `github` hook or a generic hook that requires a signature: use the sender's own
+    /// "redeliver" for those.
     Send {
         /// The hook URL, e.g. http://127.0.0.1:8080/hubhook?apikey=KEY
         url: String,
@@ -127,14 +134,16 @@ enum DeliveriesCommand {
         /// Only deliveries with this status ("unmatched": no handler wanted it).
         #[arg(long, value_name = "S", value_parser = status_words())]
         status: Option<DeliveryStatus>,
-        /// Only this repository (namespace/name).
+        /// Only this repository, as the list shows it: `acme/site`, or with its registry
+        /// host, `registry.example.com/team/app`.
         #[arg(long, value_name = "R")]
         repo: Option<String>,
         /// At most this many.
         #[arg(long, value_name = "N", default_value_t = 50)]
         limit: u64,
     },
-    /// Show one delivery: the message's summary and every handler attempt.
+    /// Show one delivery: the message's summary and every handler attempt. Exits 1 when
+    /// the journal has no such delivery.
     Show {
         /// The delivery id (from the 202 answer, the log or `list`).
         id: DeliveryId,
@@ -363,6 +372,9 @@ async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), 
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    // What `check` verifies, `serve` refuses to start without: a program that is not
+    // there is found now, not at the first push.
+    preflight::check(&config)?;
     if let Some(addr) = listen {
         config.listen = addr;
     }

@@ -37,9 +37,12 @@ impl TempDir {
         self.0.to_str().expect("utf8 temp path")
     }
 
-    /// Writes `text` to `name` inside the directory.
+    /// Writes `text` to `name` inside the directory, making the folders `name` names.
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("make temp folders");
+        }
         std::fs::write(&path, text).expect("write temp file");
         path
     }

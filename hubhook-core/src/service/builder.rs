@@ -131,13 +131,12 @@ impl HubhookServiceBuilder {
         }
         for (i, hook) in hooks.iter().enumerate() {
             let path = &hook.path;
-            if !path.starts_with('/')
-                || path.contains(['?', '#'])
-                || path == HEALTH_PATH
-                || path == METRICS_PATH
-                || hooks[..i].iter().any(|h| h.path == *path)
-            {
-                return Err(Error::InvalidPath(path.clone()));
+            let problem = Hook::check_path(path).err().or_else(|| {
+                let taken = hooks[..i].iter().any(|h| h.path == *path);
+                taken.then_some("two hooks have this path")
+            });
+            if let Some(problem) = problem {
+                return Err(Error::InvalidPath(path.clone(), problem));
             }
             if hook.empty_key {
                 return Err(Error::EmptyApiKey);
@@ -206,6 +205,32 @@ pub struct Hook {
 }
 
 impl Hook {
+    /// Whether `path` can be a hook's path: it starts with `/`, holds no query or fragment
+    /// (the key goes in `?apikey=` when a request is made), and is not `/healthz` or
+    /// `/metrics`. `Err` says which of these it breaks. This is the rule
+    /// [`HubhookServiceBuilder::build`] applies; a configuration reader can apply it first
+    /// to point at the line.
+    ///
+    /// ```
+    /// use hubhook_core::Hook;
+    ///
+    /// assert!(Hook::check_path("/hooks/registry").is_ok());
+    /// assert_eq!(Hook::check_path("/healthz"), Err("/healthz is the health check's path"));
+    /// ```
+    pub fn check_path(path: &str) -> Result<(), &'static str> {
+        if !path.starts_with('/') {
+            Err("a hook path must start with '/'")
+        } else if path.contains(['?', '#']) {
+            Err("a hook path holds no query or fragment: the key goes in ?apikey= when a request is made")
+        } else if path == HEALTH_PATH {
+            Err("/healthz is the health check's path")
+        } else if path == METRICS_PATH {
+            Err("/metrics is the metrics' path")
+        } else {
+            Ok(())
+        }
+    }
+
     /// A hook at `path` taking `provider`'s payloads.
     pub fn new(path: impl Into<String>, provider: Provider) -> Self {
         Self {

@@ -348,7 +348,7 @@ fn hooks_need_distinct_paths_and_some_authentication() {
             .hook(Hook::new("/r", Provider::Registry).api_key(KEY))
             .hook(Hook::new("/r", Provider::Registry).api_key(KEY))
             .build(),
-        Err(Error::InvalidPath(p)) if p == "/r"
+        Err(Error::InvalidPath(p, _)) if p == "/r"
     ));
     // Only [[hook]]s: no Docker Hub hook at /hubhook.
     let service = HubhookService::builder()

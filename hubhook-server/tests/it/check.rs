@@ -94,7 +94,7 @@ fn broken_files_name_file_line_and_key() {
         ),
         (
             format!("{AUTH}\n[journal]\nkeep_weeks = 2\n"),
-            "error: hubhook.toml:4: journal.keep_weeks: unknown field `keep_weeks`",
+            "error: hubhook.toml:4: journal.keep_weeks: unknown key `keep_weeks`",
         ),
         (
             format!("{AUTH}\n[journal]\nkeep_days = 9223372036854775807\n"),
@@ -125,7 +125,7 @@ fn broken_files_name_file_line_and_key() {
         // A key that is misspelled, and a value of the wrong type.
         (
             format!("lisen = \"127.0.0.1:1\"\n{AUTH}"),
-            "error: hubhook.toml:1: lisen: unknown field `lisen`, expected one of `listen`",
+            "error: hubhook.toml:1: lisen: unknown key `lisen`, expected one of `listen`",
         ),
         (
             format!("max_body = \"lots\"\n{AUTH}"),
@@ -371,10 +371,14 @@ fn deliveries_reads_only_the_data_dir() {
 #[test]
 fn placeholder_keys_are_refused_and_word_keys_warned_about() {
     let dir = TempDir::new("check-placeholders");
+    let got = refused(
+        &dir,
+        "[auth]\napi_keys = [\"<paste the output of hubhook keygen>\"]\n",
+    );
+    assert_eq!(got, "error: hubhook.toml:2: auth.api_keys: \"<paste the output of hubhook keygen>\" is a placeholder: put a key here; `hubhook keygen` makes one");
     for placeholder in [
         "output of hubhook keygen",
         "paste the output of `hubhook keygen` here",
-        "<paste the output of hubhook keygen>",
     ] {
         let got = refused(&dir, &format!("[auth]\napi_keys = [\"{placeholder}\"]\n"));
         assert!(
@@ -390,10 +394,7 @@ fn placeholder_keys_are_refused_and_word_keys_warned_about() {
     )
     .expect("examples/hubhook.toml");
     let got = refused(&dir, &example);
-    assert!(
-        got.contains("auth.api_keys: an API key may hold only"),
-        "{got}"
-    );
+    assert!(got.contains("auth.api_keys: \"<paste"), "{got}");
 
     let (code, _, stderr) = check(
         &dir,
@@ -442,5 +443,111 @@ fn check_verifies_the_data_dir_and_the_programs() {
         };
         let got = refused(&dir, &text);
         assert!(got.starts_with(want), "want {want}\ngot  {got}");
+        // `serve` refuses to start with the same words, instead of failing at a push.
+        let serve_err = serve_refuses(&["--config", "hubhook.toml"], dir.path());
+        let words = want.trim_start_matches("error: ");
+        assert!(serve_err.contains(words), "{serve_err}");
+    }
+}
+
+/// The rows of CONFIG.md's "Errors `check` reports" table: (problem, message).
+fn documented_errors() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md"))
+        .expect("docs/CONFIG.md");
+    let table = doc
+        .split("## Errors `check` reports")
+        .nth(1)
+        .expect("CONFIG.md has the errors table");
+    table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| problem"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let (problem, message) = row[2..]
+                .split_once(" | ")
+                .unwrap_or_else(|| panic!("a row of two cells: {row}"));
+            let message = message.trim_end_matches(" |");
+            let message = match message.strip_prefix("`` ") {
+                Some(inner) => inner.trim_end_matches(" ``"),
+                None => message.trim_matches('`'),
+            };
+            (problem.to_owned(), message.to_owned())
+        })
+        .collect()
+}
+
+/// Whether `got` is `want`, where each `…` in `want` stands for any text.
+fn matches_with_ellipses(want: &str, got: &str) -> bool {
+    let mut parts = want.split('…');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = got.strip_prefix(first.trim_end()) else {
+        return false;
+    };
+    let mut open = false;
+    for part in parts {
+        open = true;
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+        open = false;
+    }
+    open || rest.is_empty()
+}
+
+#[test]
+fn every_row_of_the_errors_table_is_what_check_prints() {
+    const A: &str = "[auth]\napi_keys = [\"Zq3-Hk9vXw2Lr8Tn5Yb7Pd4Mf6Gc1Js0\"]\n";
+    // The file that shows each problem; a row without one here fails the test.
+    let file_for = |problem: &str| -> Option<String> {
+        Some(match problem {
+            "not TOML" => format!("{A}listen = \"127.0.0.1:80\nx = 1\n"),
+            "unknown key" => format!("lisen = \"127.0.0.1:8080\"\n{A}"),
+            "wrong type" => format!("max_connections = \"many\"\n{A}"),
+            "a duration without a unit" => format!("header_timeout = 10\n{A}"),
+            "bad listen address" => format!("listen = \"localhost\"\n{A}"),
+            "reserved hook path" => format!("path = \"/healthz\"\n{A}"),
+            "unknown handler type" => {
+                format!("{A}\n[[handler]]\nname = \"deploy\"\ntype = \"shel\"\n")
+            }
+            "missing required key" => format!("{A}\n[[handler]]\nname = \"deploy\"\n"),
+            "a program that is not there" => {
+                format!("{A}\n[[handler]]\ntype = \"shell\"\ncommand = [\"./deploy.sh\"]\n")
+            }
+            "unreadable certificate or key" => format!(
+                "{A}\n[tls]\ncert = \"/etc/hubhook/cert.pem\"\nkey = \"/etc/hubhook/key.pem\"\n"
+            ),
+            "bad queue setting" => {
+                format!("{A}\n[[handler]]\ntype = \"log\"\ncoalesce = \"tag\"\n")
+            }
+            "a placeholder left in" => {
+                "[auth]\napi_keys = [\"<paste the output of hubhook keygen>\"]\n".to_owned()
+            }
+            "no key" => "listen = \"127.0.0.1:8080\"\n".to_owned(),
+            "a plugin that will not load" => format!(
+                "{A}\n[[handler]]\ntype = \"plugin\"\npath = \"/usr/lib/hubhook/libx.so\"\n"
+            ),
+            _ => return None,
+        })
+    };
+    let dir = TempDir::new("check-table");
+    let rows = documented_errors();
+    assert!(rows.len() >= 10, "{rows:?}");
+    for (problem, message) in rows {
+        let text = file_for(&problem)
+            .unwrap_or_else(|| panic!("CONFIG.md documents {problem:?}: give this test its file"));
+        let got = refused(&dir, &text);
+        let got = got
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .unwrap_or_else(|| panic!("{problem}: no error line in {got}"));
+        assert!(
+            matches_with_ellipses(&message, got),
+            "{problem}:\nCONFIG.md: {message}\ncheck:     {got}"
+        );
     }
 }

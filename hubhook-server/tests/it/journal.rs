@@ -116,8 +116,9 @@ fn an_unusable_journal_stops_the_start_clearly() {
     let out = hubhook(&["serve", "--config", "a.toml"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Found by the same preflight as `check`, with the file, line and key.
     assert!(
-        stderr.contains("cannot create the data dir") && stderr.contains("occupied/data"),
+        stderr.contains("a.toml:3: data_dir: ./occupied/data cannot be created"),
         "{stderr}"
     );
 

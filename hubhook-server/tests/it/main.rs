@@ -6,7 +6,9 @@
 mod acme;
 mod callback;
 mod check;
+mod docs;
 mod e2e;
+mod environment;
 mod journal;
 mod plugins;
 mod send;

@@ -440,3 +440,107 @@ fn the_c_build_line_in_plugins_md_works_as_written() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// The fenced block of `kind` (`toml`, `rust,ignore`) that follows `after` in `doc`,
+/// dedented.
+fn block_after(doc: &str, after: &str, kind: &str) -> String {
+    let from = doc
+        .find(after)
+        .unwrap_or_else(|| panic!("{after:?} in PLUGINS.md"));
+    let mut lines = doc[from..].lines();
+    let fence = lines
+        .find(|l| l.trim_start() == format!("```{kind}"))
+        .unwrap_or_else(|| panic!("a ```{kind} block after {after:?}"));
+    let indent = fence.len() - fence.trim_start().len();
+    let mut text = String::new();
+    for line in lines.take_while(|l| l.trim_start() != "```") {
+        text.push_str(line.get(indent..).unwrap_or(line.trim_start()));
+        text.push('\n');
+    }
+    text
+}
+
+/// The Rust plugin of docs/PLUGINS.md, made from its four steps as written: the manifest
+/// lines, the source, `cargo build --release`, and the `[[handler]]` table with the
+/// built library's path. The only addition is a `[patch.crates-io]` that points the
+/// `hubhook-core` the manifest asks for at this checkout.
+#[test]
+fn the_rust_plugin_in_plugins_md_builds_and_runs_as_written() {
+    let doc = std::fs::read_to_string(root().join("docs/PLUGINS.md")).expect("PLUGINS.md");
+    let manifest = block_after(&doc, "1. A `cdylib` crate", "toml");
+    let source = block_after(&doc, "2. An ordinary `Handler`", "rust,ignore");
+    let step3 = doc
+        .lines()
+        .find(|l| l.starts_with("3. `"))
+        .and_then(|l| l.split('`').nth(1))
+        .expect("step 3 names the build command");
+    assert_eq!(step3, "cargo build --release");
+    let handler = block_after(&doc, "4. Load it:", "toml");
+
+    let dir = TempDir::new("plugins-md-rust");
+    dir.write(
+        "hello/Cargo.toml",
+        &format!(
+            "[package]\nname = \"hello\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n{manifest}\n\
+             [patch.crates-io]\nhubhook-core = {{ path = {:?} }}\n\n[workspace]\n",
+            root().join("hubhook-core").display().to_string()
+        ),
+    );
+    dir.write("hello/src/lib.rs", &source);
+    // The workspace's lock, so that the plugin builds with versions already on this
+    // machine; cargo trims it to what the plugin needs.
+    std::fs::copy(
+        root().join("Cargo.lock"),
+        dir.path().join("hello/Cargo.lock"),
+    )
+    .expect("lock");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut words = step3.split_whitespace();
+    assert_eq!(words.next(), Some("cargo"));
+    let out = Command::new(&cargo)
+        .args(words)
+        .current_dir(dir.path().join("hello"))
+        // Shared with the other test plugins, so hubhook-core is compiled once.
+        .env("CARGO_TARGET_DIR", out_dir().join("docs"))
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "{step3} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = out_dir().join("docs/release/libhello.so");
+    assert!(lib.exists(), "step 3 promises target/release/libhello.so");
+
+    let handler = handler.replace("/usr/lib/hubhook/libhello.so", &lib.display().to_string());
+    let config = dir.write(
+        "hubhook.toml",
+        &format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[auth]\napi_keys = [\"{KEY}\"]\n{handler}"),
+    );
+    let check = hubhook(&["check", "--config", "hubhook.toml"], dir.path());
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut server = Server::start(
+        &["--config", config.to_str().expect("utf8")],
+        dir.path(),
+        &[],
+    );
+    let (status, body) = request(
+        server.addr,
+        "POST",
+        &format!("/hubhook?apikey={KEY}"),
+        &[],
+        hubhook_core::EXAMPLE_PAYLOAD.as_bytes(),
+    );
+    assert_eq!(status, 202, "{body}");
+    // The greeting from [handler.config], through from_config, in the run's outcome.
+    let line = server.wait_for_stderr("handler=\"hello\"");
+    assert!(
+        line.contains("deployed svendowideit/testhook:latest"),
+        "{line}"
+    );
+    assert!(server.terminate().success());
+}

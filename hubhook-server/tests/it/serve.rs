@@ -325,45 +325,72 @@ fn tls_self_signed_makes_files_serve_and_send_take() {
 
 /// A shell command given as a relative path runs the config file's neighbour, wherever the
 /// server was started from (systemd starts it in /); before, `check` said ok and the first
-/// push failed with "cannot start".
+/// push failed with "cannot start". The same holds for the key file, the data dir and the
+/// workdir, whichever way `--config` names the file.
 #[test]
-fn a_relative_shell_command_is_the_config_files_neighbour() {
-    let dir = TempDir::new("relative-shell");
-    std::fs::create_dir_all(dir.path().join("conf")).expect("conf");
+fn relative_paths_are_the_config_files_neighbours_however_it_is_named() {
+    let dir = TempDir::new("relative-paths");
+    let conf = dir.path().join("conf");
     let marker = dir.path().join("ran");
     dir.write_script(
         "conf/deploy.sh",
         &format!(
-            "#!/bin/sh\necho \"$HUBHOOK_TAG\" > '{}'\n",
+            "#!/bin/sh\necho \"$HUBHOOK_TAG $(pwd)\" > '{}'\n",
             marker.display()
         ),
     );
-    dir.write(
+    std::fs::create_dir_all(conf.join("work")).expect("workdir");
+    dir.write_private("conf/keys", &format!("{KEY}\n"));
+    dir.write_private(
         "conf/hubhook.toml",
-        &format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[auth]\napi_keys = [\"{KEY}\"]\n\
-             [[handler]]\ntype = \"shell\"\ncommand = [\"./deploy.sh\"]\n"
-        ),
+        "data_dir = \"data\"\n[auth]\napi_keys_file = \"keys\"\n\
+         [[handler]]\ntype = \"shell\"\ncommand = [\"./deploy.sh\"]\nworkdir = \"work\"\n",
     );
-    let server = Server::start(&["--config", "conf/hubhook.toml"], dir.path(), &[]);
-    let body = br#"{"push_data":{"tag":"v7"},"repository":{"repo_name":"acme/site"}}"#;
-    let (status, _) = request(
-        server.addr,
-        "POST",
-        &format!("/hubhook?apikey={KEY}"),
-        &[],
-        body,
-    );
-    assert_eq!(status, 202);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::read_to_string(&marker).unwrap_or_default().trim() != "v7" {
+    let work = conf.join("work").canonicalize().expect("workdir");
+    // (how --config names the file, where the server starts)
+    for (i, (name, cwd)) in [
+        ("hubhook.toml", conf.clone()),
+        ("./hubhook.toml", conf.clone()),
+        ("conf/hubhook.toml", dir.path().to_path_buf()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let check = hubhook(&["check", "--config", name], &cwd);
         assert!(
-            std::time::Instant::now() < deadline,
-            "deploy.sh never ran:\n{}",
-            server.stderr()
+            check.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&check.stderr)
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let server = Server::start(&["--config", name, "--listen", "127.0.0.1:0"], &cwd, &[]);
+        let tag = format!("v{i}");
+        let body = format!(
+            r#"{{"push_data":{{"tag":"{tag}"}},"repository":{{"repo_name":"acme/site"}}}}"#
+        );
+        let (status, _) = request(
+            server.addr,
+            "POST",
+            &format!("/hubhook?apikey={KEY}"),
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(status, 202, "{name}");
+        let want = format!("{tag} {}", work.display());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(&marker).unwrap_or_default().trim() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: deploy.sh never ran in {}:\n{}",
+                work.display(),
+                server.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(server.terminate().success());
     }
+    // One data dir, beside the file, for all three.
+    assert!(conf.join("data/journal.sqlite").exists());
+    assert!(!dir.path().join("data").exists());
 }
 
 /// An `HUBHOOK_LOG` that is not a filter stops the program with the variable named,

@@ -22,6 +22,43 @@ pub fn hubhook(args: &[&str], cwd: &Path) -> Output {
         .expect("run hubhook")
 }
 
+/// Runs `hubhook serve ARGS --listen 127.0.0.1:0`, expecting it to refuse to start: returns
+/// its stderr once it has exited 1. Fails the test if it starts serving instead.
+pub fn serve_refuses(args: &[&str], cwd: &Path) -> String {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hubhook serve");
+    // Refusing takes no more than reading the file; a server that listens never exits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("hubhook serve {args:?} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 /// A running `hubhook serve`, killed on drop, with its output collected as it comes.
 pub struct Server {
     child: Child,
