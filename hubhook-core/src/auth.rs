@@ -1,4 +1,5 @@
-//! API keys: where a request carries one, and checking it in constant time.
+//! API keys: the policy a key must meet ([`check_key`]), where a request carries one, and
+//! checking it in constant time.
 //!
 //! Docker Hub can only send a key in the URL (`?apikey=`), other clients may use
 //! `Authorization: Bearer`. Both are compared as SHA-256 digests with `subtle`, against
@@ -9,6 +10,79 @@ use http::header::AUTHORIZATION;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
+
+/// The shortest API key [`check_key`] accepts. `hubhook keygen` makes 43 characters.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// Why [`check_key`] refuses a key. Its `Display` says what to do instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyProblem {
+    /// The docs' stand-in for a key (`<paste …>`, `...`), not a key.
+    Placeholder,
+    /// Shorter than [`MIN_KEY_LEN`].
+    TooShort,
+    /// Holds a character that is not safe in a URL's query, where Docker Hub sends it.
+    NotUrlSafe,
+}
+
+impl std::fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Placeholder => f.write_str("this is a placeholder: put a key here; `hubhook keygen` makes one"),
+            Self::TooShort => write!(f, "an API key must be at least {MIN_KEY_LEN} characters; `hubhook keygen` makes a good one"),
+            Self::NotUrlSafe => f.write_str("an API key may hold only letters, digits, '-', '_', '.' and '~' (it travels in a URL); `hubhook keygen` makes one"),
+        }
+    }
+}
+
+impl std::error::Error for KeyProblem {}
+
+/// The key policy, in one place: a key is not a placeholder, has at least [`MIN_KEY_LEN`]
+/// characters, and only URL-safe ones (it travels in `?apikey=`). The service builder
+/// refuses only empty keys; a configuration reader applies this.
+///
+/// ```
+/// use hubhook_core::auth::{check_key, KeyProblem};
+///
+/// assert!(check_key("Zq3-Hk9vXw2Lr8Tn5Yb7Pd4Mf6Gc1Js0").is_ok());
+/// assert_eq!(check_key("<paste the output of hubhook keygen>"), Err(KeyProblem::Placeholder));
+/// assert_eq!(check_key("short"), Err(KeyProblem::TooShort));
+/// assert_eq!(check_key("output of hubhook keygen"), Err(KeyProblem::NotUrlSafe));
+/// ```
+pub fn check_key(key: &str) -> Result<(), KeyProblem> {
+    if is_placeholder(key) {
+        return Err(KeyProblem::Placeholder);
+    }
+    if key.trim().len() < MIN_KEY_LEN {
+        return Err(KeyProblem::TooShort);
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    {
+        return Err(KeyProblem::NotUrlSafe);
+    }
+    Ok(())
+}
+
+/// Whether a key or secret is the docs' stand-in for one the reader supplies: a value in
+/// angle brackets (`<the secret set on GitHub>`) or only dots (`...`).
+pub fn is_placeholder(value: &str) -> bool {
+    let value = value.trim();
+    (value.starts_with('<') && value.ends_with('>'))
+        || (!value.is_empty() && value.chars().all(|c| c == '.' || c == '…'))
+}
+
+/// Whether a key that passes [`check_key`] still reads as words (`replace-me-with-a-key`),
+/// which is easy to guess: worth a warning.
+pub fn reads_as_words(key: &str) -> bool {
+    let words = key.split(['-', '_', '.', '~']).collect::<Vec<_>>();
+    words.len() >= 3
+        && words
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+}
 
 /// The set of keys that authenticate a hook. Several may be valid at once, for rotation.
 #[derive(Clone, Default)]

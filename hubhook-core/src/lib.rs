@@ -91,7 +91,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-mod auth;
+pub mod auth;
 #[cfg(feature = "callback")]
 pub mod callback;
 mod dispatch;

@@ -6,6 +6,7 @@
 //! downstream acts on them: the repository name and the tag must follow the
 //! image-reference grammar.
 
+use crate::reference::split_registry;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -383,17 +384,6 @@ impl HubMessage {
             Some(host) => format!("{host}/{}", self.repository.repo_name),
             None => self.repository.repo_name.clone(),
         }
-    }
-}
-
-fn split_registry(reference: &str) -> (Option<&str>, &str) {
-    match reference.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            (Some(first), rest)
-        }
-        _ => (None, reference),
     }
 }
 

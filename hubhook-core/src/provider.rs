@@ -375,12 +375,7 @@ fn generic(spec: &Generic, body: &[u8]) -> Result<Decoded, Refusal> {
         return Err(Refusal::BadRequest(format!("no tag at {}", spec.tag)));
     };
     let digest = spec.digest.as_deref().and_then(|p| text(&root, p));
-    let (registry, path) = match repository.split_once('/') {
-        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => {
-            (Some(host), path)
-        }
-        _ => (None, repository),
-    };
+    let (registry, path) = crate::reference::split_registry(repository);
     // A generic body names no pusher and no time: the time it arrived stands in.
     let received = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

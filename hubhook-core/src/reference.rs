@@ -55,6 +55,27 @@ impl std::fmt::Display for ReferenceError {
     }
 }
 
+/// Splits a registry host off the front of a repository name, as Distribution does: the
+/// first component is a host only if more components follow and it looks like one (holds
+/// a `.` or a `:`, or is `localhost`). This is the one place that rule is written.
+///
+/// ```
+/// use hubhook_core::reference::split_registry;
+///
+/// assert_eq!(split_registry("localhost:5000/team/app"), (Some("localhost:5000"), "team/app"));
+/// assert_eq!(split_registry("ghcr.io/acme/site"), (Some("ghcr.io"), "acme/site"));
+/// assert_eq!(split_registry("acme/site"), (None, "acme/site"));
+/// assert_eq!(split_registry("registry.example.com"), (None, "registry.example.com"));
+/// ```
+pub fn split_registry(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (Some(first), rest)
+        }
+        _ => (None, name),
+    }
+}
+
 /// Checks a repository name, with or without a registry domain in front.
 pub fn check_name(name: &str) -> Result<(), ReferenceError> {
     if name.is_empty() {
@@ -63,21 +84,11 @@ pub fn check_name(name: &str) -> Result<(), ReferenceError> {
     if name.len() > MAX_NAME_LEN {
         return Err(ReferenceError::TooLong(MAX_NAME_LEN));
     }
-    let mut parts = name.split('/');
-    let first = parts.next().unwrap_or_default();
-    let rest: Vec<&str> = parts.collect();
-    // Like Distribution: the first part is a domain only if more parts follow and it
-    // looks like a host (has a '.', a ':' or is "localhost").
-    let first_is_domain =
-        !rest.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost");
-    if first_is_domain {
-        if !is_domain(first) {
-            return Err(ReferenceError::BadComponent);
-        }
-    } else if !is_path_component(first) {
+    let (host, path) = split_registry(name);
+    if host.is_some_and(|host| !is_domain(host)) {
         return Err(ReferenceError::BadComponent);
     }
-    if rest.iter().all(|c| is_path_component(c)) {
+    if path.split('/').all(is_path_component) {
         Ok(())
     } else {
         Err(ReferenceError::BadComponent)

@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hubhook_core::auth::{self, KeyProblem};
 use hubhook_core::plugin::PluginHandler;
 use hubhook_core::{Generic, Hook, Provider};
 use hubhook_handlers::{DockerHandler, LogFormat};
@@ -22,8 +23,6 @@ use toml::Spanned;
 pub(crate) const DEFAULT_DATA_DIR: &str = "./hubhook-data";
 /// The address served when nothing says otherwise.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Keys shorter than this are refused: they can be guessed.
-const MIN_KEY_LEN: usize = 16;
 /// Finished deliveries older than this are pruned from the journal, by default.
 const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 86_400);
 /// The longest `keep_days` (a hundred years); 0 keeps forever.
@@ -784,12 +783,7 @@ impl Parser<'_> {
                 let pattern = tag.get_or_insert_with(|| "latest".to_owned()).clone();
                 // Pushes of other repositories need not even reach the handler.
                 if repo.is_none() {
-                    let path = match raw.image.split_once('/') {
-                        Some((host, path)) if host.contains(['.', ':']) || host == "localhost" => {
-                            path
-                        }
-                        _ => raw.image.as_str(),
-                    };
+                    let (_, path) = hubhook_core::reference::split_registry(&raw.image);
                     if path.contains('/') {
                         repo = Some(path.to_owned());
                     }
@@ -929,15 +923,12 @@ impl Parser<'_> {
                 if key.is_empty() || key.starts_with('#') {
                     continue;
                 }
-                if key.len() < MIN_KEY_LEN {
+                // The same policy as a key in the file, the key itself never shown.
+                if let Err(problem) = auth::check_key(key) {
                     return Err(self.error_at(
                         file.span(),
                         &name,
-                        format!(
-                            "line {} of {} holds a key shorter than {MIN_KEY_LEN} characters",
-                            i + 1,
-                            path.display()
-                        ),
+                        format!("line {} of {}: {problem}", i + 1, path.display()),
                     ));
                 }
                 keys.push(key.to_owned());
@@ -974,7 +965,7 @@ impl Parser<'_> {
                 Err(self.error_at(v.span(), &key(name), format!("`{name}` must not be empty")))
             }
             // The docs' "<the secret set on GitHub>" must not become a published secret.
-            Some(v) if name == "secret" && is_placeholder(v.get_ref()) => Err(self.error_at(
+            Some(v) if name == "secret" && auth::is_placeholder(v.get_ref()) => Err(self.error_at(
                 v.span(),
                 &key(name),
                 format!(
@@ -1328,39 +1319,25 @@ impl Parser<'_> {
     }
 
     fn check_key(&self, key: &str, span: Range<usize>, name: &str) -> Result<(), ConfigError> {
-        if is_placeholder(key) {
-            return Err(self.error_at(
+        match auth::check_key(key) {
+            Err(KeyProblem::Placeholder) => Err(self.error_at(
                 span,
                 name,
                 format!("{key:?} is a placeholder: put a key here; `hubhook keygen` makes one"),
-            ));
+            )),
+            // The problem's words, never the key itself.
+            Err(problem) => Err(self.error_at(span, name, problem.to_string())),
+            Ok(()) => {
+                if auth::reads_as_words(key) {
+                    let line = self.line_of(span.start);
+                    self.warnings.borrow_mut().push(format!(
+                        "{}:{line}: {name}: a key that reads as words is easy to guess; make one with `hubhook keygen`",
+                        self.file.display()
+                    ));
+                }
+                Ok(())
+            }
         }
-        if key.trim().len() < MIN_KEY_LEN {
-            return Err(self.error_at(span, name, format!(
-                "an API key must be at least {MIN_KEY_LEN} characters; `hubhook keygen` makes a good one"
-            )));
-        }
-        // It travels in a query string (Docker Hub can send nothing else): a placeholder
-        // like "paste the output of hubhook keygen here" is refused here, never a key.
-        if !key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
-        {
-            return Err(self.error_at(span, name, "an API key may hold only letters, digits, '-', '_', '.' and '~' (it travels in a URL); `hubhook keygen` makes one".into()));
-        }
-        let words = key.split(['-', '_', '.', '~']).collect::<Vec<_>>();
-        if words.len() >= 3
-            && words
-                .iter()
-                .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
-        {
-            let line = self.line_of(span.start);
-            self.warnings.borrow_mut().push(format!(
-                "{}:{line}: {name}: a key that reads as words is easy to guess; make one with `hubhook keygen`",
-                self.file.display()
-            ));
-        }
-        Ok(())
     }
 
     /// Takes the string key `k` out of handler table `index`'s remaining keys.
@@ -1581,13 +1558,6 @@ fn parse_size(value: &toml::Value) -> Result<u64, String> {
         Some(0) | None => Err(format!("{text:?} must be a positive size below 16 EiB")),
         Some(bytes) => Ok(bytes),
     }
-}
-
-/// Whether a value is the docs' stand-in for one the reader supplies: `<...>` or `...`.
-fn is_placeholder(value: &str) -> bool {
-    let value = value.trim();
-    (value.starts_with('<') && value.ends_with('>'))
-        || (!value.is_empty() && value.chars().all(|c| c == '.' || c == '…'))
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub(crate) fn load_or_create(data_dir: &Path) -> io::Result<(String, PathBuf, bo
     match fs::read_to_string(&path) {
         Ok(text) => {
             let key = text.trim().to_owned();
-            if key.len() < 16 {
+            if hubhook_core::auth::check_key(&key).is_err() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
