@@ -69,7 +69,7 @@ mod tests {
         let serve = axum::serve(listener, app(hooks.clone()));
         let server = tokio::spawn(async move { serve.await });
 
-        let body = hubhook_core::EXAMPLE_PAYLOAD;
+        let body = hubhook_core::message::EXAMPLE_PAYLOAD;
         let post = |auth: &str| {
             format!(
                 "POST /hooks/registry HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

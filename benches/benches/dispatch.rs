@@ -13,8 +13,9 @@ use criterion::{BatchSize, Criterion};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
+use hubhook_core::message::EXAMPLE_PAYLOAD;
 use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
-use hubhook_core::{HubhookService, Pattern, Route, EXAMPLE_PAYLOAD};
+use hubhook_core::{HubhookService, Pattern, Route};
 
 const API_KEY: &str = "benchkey-0123456789abcdefghijklm";
 const HOOK_URI: &str = "/hubhook?apikey=benchkey-0123456789abcdefghijklm";

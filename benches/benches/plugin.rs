@@ -9,10 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use criterion::Criterion;
+use hubhook_core::message::EXAMPLE_PAYLOAD;
 use hubhook_core::plugin::PluginHandler;
-use hubhook_core::{
-    async_trait, Context, DeliveryId, Handler, HandlerError, HubMessage, Outcome, EXAMPLE_PAYLOAD,
-};
+use hubhook_core::{async_trait, Context, DeliveryId, Handler, HandlerError, HubMessage, Outcome};
 
 /// The in-process twin of the test plugin in "ok" mode: formats the same summary.
 struct Static;

@@ -51,23 +51,7 @@
 //!
 //! # The HTTP contract
 //!
-//! | request | answer |
-//! |---|---|
-//! | POST to the hook path, valid key, valid payload | 202 `{"delivery":"<id>"}` |
-//! | a registry/GitHub event with nothing to deploy | 200 `{"ignored":"<why>"}` |
-//! | missing or wrong key | 401, the same body whatever the reason |
-//! | body not JSON, or not a Docker Hub payload | 400 `{"error":"<reason>"}` |
-//! | body over the limit | 413, refused on `Content-Length` before reading |
-//! | `Content-Type` present and not JSON | 415 |
-//! | body slower than the read timeout | 408 |
-//! | other method on the hook path | 405 with `Allow: POST` |
-//! | unknown path | 404 |
-//! | shutting down (a request on a connection still open while running handlers finish; new connections are refused), or a handler's queue full | 503 with `Retry-After` |
-//! | `GET /healthz` | 200, no key needed |
-//! | `GET /metrics` | Prometheus text format, no key needed |
-//!
-//! Keys come as `?apikey=` or `Authorization: Bearer`, are compared in constant time, and
-//! never reach a log line; neither does the query string.
+#![doc = include_str!("../../docs/HTTP.md")]
 //!
 //! # Features
 //!
@@ -94,22 +78,22 @@
 pub mod auth;
 #[cfg(feature = "callback")]
 pub mod callback;
-mod dispatch;
+pub mod dispatch;
 mod error;
 mod handler;
 #[cfg(feature = "journal")]
 pub mod journal;
-mod listener;
-mod message;
+pub mod listener;
+pub mod message;
 mod metrics;
 mod observe;
 #[cfg(feature = "plugin")]
 pub mod plugin;
 mod provider;
 pub mod reference;
-mod service;
+pub mod service;
 #[cfg(feature = "tls")]
-mod tls;
+pub mod tls;
 
 pub use async_trait::async_trait;
 
@@ -117,18 +101,13 @@ pub use async_trait::async_trait;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
-pub use dispatch::{Coalesce, Pattern, Route, DEFAULT_BACKOFF, DEFAULT_MAX_CONCURRENCY};
+pub use dispatch::{Coalesce, Pattern, Route};
 pub use error::Error;
 pub use handler::{Context, DeliveryId, Handler, HandlerError, InvalidDeliveryId, Outcome};
-pub use listener::{Listener, ListenerBuilder, ShutdownHandle, DEFAULT_MAX_CONNECTIONS_PER_IP};
-pub use message::{
-    HubMessage, MessageError, PushData, Repository, EXAMPLE_PAYLOAD, SOURCE_DOCKERHUB,
-};
+pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
+pub use message::{HubMessage, MessageError, PushData, Repository};
 pub use observe::{DeliveryStatus, RunStatus, UnknownStatus};
 pub use provider::{Generic, Provider};
-pub use service::{
-    Hook, HubhookService, HubhookServiceBuilder, Recovery, ReplayError, DEFAULT_MAX_BODY,
-    DEFAULT_PATH, DEFAULT_SIGNED_MAX_BODY,
-};
+pub use service::{Hook, HubhookService, HubhookServiceBuilder, Recovery, ReplayError};
 #[cfg(feature = "tls")]
-pub use tls::{TlsConfig, ACME_TLS_ALPN};
+pub use tls::TlsConfig;

@@ -8,7 +8,7 @@
 //!
 //! hyper's header timeout starts with the first byte of a request, so a client that
 //! connects and sends nothing, or keeps a connection open between requests, is not bounded
-//! by it. Each connection therefore counts its own traffic ([`Tracked`]) and is closed
+//! by it. Each connection therefore counts its own traffic and is closed
 //! gracefully when it has been silent for the header timeout before its first byte, or
 //! for the idle timeout after.
 
@@ -173,15 +173,15 @@ impl Listener {
     pub fn builder(service: HubhookService) -> ListenerBuilder {
         ListenerBuilder {
             service,
-            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            addr: DEFAULT_ADDR,
             settings: Settings {
                 #[cfg(feature = "tls")]
                 tls: None,
-                header_timeout: Duration::from_secs(10),
-                idle_timeout: Duration::from_secs(60),
-                max_connections: 512,
+                header_timeout: DEFAULT_HEADER_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
                 max_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
-                grace: Duration::from_secs(30),
+                grace: DEFAULT_SHUTDOWN_GRACE,
             },
         }
     }
@@ -326,8 +326,21 @@ impl Listener {
     }
 }
 
+/// The address a [`Listener`] binds by default: loopback, port 8080.
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8080,
+));
+/// How long a client may take to send a request's head, by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay open without a webhook, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections open at once, by default; accepting pauses at the cap.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// Connections one IP address may hold at once, by default.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+/// How long running handlers get to finish at shutdown, by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Open connections per peer address.
 #[derive(Debug, Default)]

@@ -54,7 +54,7 @@ impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let validation = hello
             .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == hubhook_core::ACME_TLS_ALPN));
+            .is_some_and(|mut protocols| protocols.any(|p| p == hubhook_core::tls::ACME_TLS_ALPN));
         if validation {
             let name = hello.server_name()?;
             return read(&self.challenges).get(name).cloned();

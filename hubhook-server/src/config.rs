@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hubhook_core::auth::{self, KeyProblem};
+use hubhook_core::listener;
 use hubhook_core::plugin::PluginHandler;
 use hubhook_core::{Generic, Hook, Provider};
 use hubhook_handlers::{DockerHandler, LogFormat};
@@ -21,8 +22,6 @@ use toml::Spanned;
 
 /// Where the server looks for its data (the generated key) when nothing says otherwise.
 pub(crate) const DEFAULT_DATA_DIR: &str = "./hubhook-data";
-/// The address served when nothing says otherwise.
-pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Finished deliveries older than this are pruned from the journal, by default.
 const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 86_400);
 /// The longest `keep_days` (a hundred years); 0 keeps forever.
@@ -202,18 +201,16 @@ impl Config {
     pub(crate) fn defaults() -> Self {
         Self {
             file: None,
-            listen: DEFAULT_LISTEN
-                .parse()
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
-            path: hubhook_core::DEFAULT_PATH.to_owned(),
+            listen: listener::DEFAULT_ADDR,
+            path: hubhook_core::service::DEFAULT_PATH.to_owned(),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             data_dir_line: None,
-            max_body: hubhook_core::DEFAULT_MAX_BODY,
-            signed_max_body: hubhook_core::DEFAULT_SIGNED_MAX_BODY,
-            header_timeout: Duration::from_secs(10),
-            max_connections: 512,
-            max_connections_per_ip: hubhook_core::DEFAULT_MAX_CONNECTIONS_PER_IP,
-            shutdown_grace: Duration::from_secs(30),
+            max_body: hubhook_core::service::DEFAULT_MAX_BODY,
+            signed_max_body: hubhook_core::service::DEFAULT_SIGNED_MAX_BODY,
+            header_timeout: listener::DEFAULT_HEADER_TIMEOUT,
+            max_connections: listener::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: listener::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            shutdown_grace: listener::DEFAULT_SHUTDOWN_GRACE,
             journal: true,
             keep: Some(DEFAULT_KEEP),
             keep_deliveries: Some(DEFAULT_KEEP_DELIVERIES),

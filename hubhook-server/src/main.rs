@@ -279,7 +279,7 @@ fn main() -> ExitCode {
             let body = match &file {
                 Some(path) => std::fs::read(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-                None => hubhook_core::EXAMPLE_PAYLOAD.as_bytes().to_vec(),
+                None => hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes().to_vec(),
             };
             let answer = send::send(&url, body, key.as_deref(), cacert.as_deref()).await?;
             println!("HTTP {}", answer.status);

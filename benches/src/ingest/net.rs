@@ -166,7 +166,7 @@ pub(crate) async fn load(
 /// `measure_from`. Reconnects after an error.
 async fn worker(addr: SocketAddr, measure_from: Instant, until: Instant) -> Tally {
     let mut tally = Tally::default();
-    let body = Bytes::from_static(hubhook_core::EXAMPLE_PAYLOAD.as_bytes());
+    let body = Bytes::from_static(hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes());
     let uri = format!("/hubhook?apikey={API_KEY}");
     let host = addr.to_string();
     while Instant::now() < until {
@@ -218,7 +218,7 @@ pub(crate) fn find_wrk() -> Option<PathBuf> {
 /// Writes the Lua script that makes `wrk` POST the example payload as JSON into `dir`.
 pub(crate) fn write_wrk_script(dir: &Path) -> Result<PathBuf, String> {
     // Every byte outside printable ASCII, and `"` and `\`, as a 3-digit decimal escape.
-    let body: String = hubhook_core::EXAMPLE_PAYLOAD
+    let body: String = hubhook_core::message::EXAMPLE_PAYLOAD
         .bytes()
         .map(|b| match b {
             b' '..=b'~' if b != b'"' && b != b'\\' => char::from(b).to_string(),

@@ -547,7 +547,7 @@ async fn the_service_calls_back_once_every_handler_has_settled() {
         .expect("service builds");
     let server = TestServer::start(service, Transport::Plain).await;
     let mut payload: serde_json::Value =
-        serde_json::from_str(hubhook_core::EXAMPLE_PAYLOAD).expect("example is JSON");
+        serde_json::from_str(hubhook_core::message::EXAMPLE_PAYLOAD).expect("example is JSON");
     payload["callback_url"] = json!(hook_url("localhost", receiver.port));
     let r = server
         .post(

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hubhook_core::{Error, HubhookService, TlsConfig, EXAMPLE_PAYLOAD};
+use hubhook_core::message::EXAMPLE_PAYLOAD;
+use hubhook_core::{Error, HubhookService, TlsConfig};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 

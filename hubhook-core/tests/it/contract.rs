@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use hubhook_core::{HubhookService, EXAMPLE_PAYLOAD};
+use hubhook_core::message::EXAMPLE_PAYLOAD;
+use hubhook_core::HubhookService;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::*;

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use hubhook_core::message::EXAMPLE_PAYLOAD;
 use hubhook_core::{
     async_trait, Context, Handler, HandlerError, HubMessage, HubhookService, Outcome, Route,
-    EXAMPLE_PAYLOAD,
 };
 use tokio::sync::mpsc;
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use hubhook_core::EXAMPLE_PAYLOAD;
+use hubhook_core::message::EXAMPLE_PAYLOAD;
 
 use crate::support::*;
 

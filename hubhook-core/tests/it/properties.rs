@@ -128,7 +128,8 @@ proptest! {
 
 #[test]
 fn documented_example_and_its_variants() {
-    let msg = HubMessage::from_json(hubhook_core::EXAMPLE_PAYLOAD.as_bytes()).expect("example");
+    let msg =
+        HubMessage::from_json(hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes()).expect("example");
     assert_eq!(msg.repo(), "svendowideit/testhook");
     assert_eq!(msg.tag(), "latest");
     assert_eq!(msg.image(), "svendowideit/testhook:latest");
@@ -142,7 +143,7 @@ fn documented_example_and_its_variants() {
         .as_deref()
         .unwrap_or("")
         .starts_with("https://registry.hub.docker.com/"));
-    assert_eq!(msg.raw_json(), hubhook_core::EXAMPLE_PAYLOAD);
+    assert_eq!(msg.raw_json(), hubhook_core::message::EXAMPLE_PAYLOAD);
 
     // Older documentation: float timestamps, a list of images.
     let old = json!({

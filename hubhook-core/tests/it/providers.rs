@@ -545,7 +545,7 @@ async fn a_big_body_to_a_signed_hook_is_refused_before_it_is_read() {
     assert_eq!(r.status, 413, "{r:?}");
     assert!(
         r.body
-            .contains(&hubhook_core::DEFAULT_SIGNED_MAX_BODY.to_string()),
+            .contains(&hubhook_core::service::DEFAULT_SIGNED_MAX_BODY.to_string()),
         "{}",
         r.body
     );

@@ -372,7 +372,7 @@ impl Gated {
 /// The documented example with another tag.
 pub fn payload_with_tag(tag: &str) -> Vec<u8> {
     let mut value: serde_json::Value =
-        serde_json::from_str(hubhook_core::EXAMPLE_PAYLOAD).expect("example is JSON");
+        serde_json::from_str(hubhook_core::message::EXAMPLE_PAYLOAD).expect("example is JSON");
     value["push_data"]["tag"] = serde_json::Value::String(tag.to_owned());
     value.to_string().into_bytes()
 }

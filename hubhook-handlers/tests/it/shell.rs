@@ -165,7 +165,9 @@ async fn post_with_timeout(handler: ShellHandler) -> HubhookService {
         .build()
         .expect("service");
     let request = http::Request::post("/hubhook")
-        .body(Full::new(Bytes::from(hubhook_core::EXAMPLE_PAYLOAD)))
+        .body(Full::new(Bytes::from(
+            hubhook_core::message::EXAMPLE_PAYLOAD,
+        )))
         .expect("request");
     assert_eq!(service.respond(request).await.status(), 202);
     service

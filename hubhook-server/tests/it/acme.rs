@@ -152,7 +152,7 @@ async fn connect(
 
 /// One keep-alive POST of the documented payload; the status.
 async fn post<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(io: &mut S) -> u16 {
-    let body = hubhook_core::EXAMPLE_PAYLOAD;
+    let body = hubhook_core::message::EXAMPLE_PAYLOAD;
     let head = format!(
         "POST /hubhook?apikey={KEY} HTTP/1.1\r\nHost: {DOMAIN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()

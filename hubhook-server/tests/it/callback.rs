@@ -111,7 +111,7 @@ fn callbacks_go_to_allowed_hosts_only_with_the_documented_json() {
     server.wait_for_stderr("listening on");
     let post = |callback_url: &str| {
         let mut payload: serde_json::Value =
-            serde_json::from_str(hubhook_core::EXAMPLE_PAYLOAD).expect("JSON");
+            serde_json::from_str(hubhook_core::message::EXAMPLE_PAYLOAD).expect("JSON");
         payload["callback_url"] = callback_url.into();
         let (status, body) = request(
             server.addr,

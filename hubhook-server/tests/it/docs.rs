@@ -217,7 +217,7 @@ fn the_without_a_file_block_keeps_the_first_starts_key() {
         "POST",
         &format!("/hubhook?apikey={key}"),
         &["Content-Type: application/json"],
-        hubhook_core::EXAMPLE_PAYLOAD.as_bytes(),
+        hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes(),
     );
     assert_eq!(status, 202, "{body}");
     assert!(server.terminate().success());

@@ -156,7 +156,7 @@ fn the_documented_payload_posted_with_curl_drives_shell_and_docker() {
             "Content-Type: application/json",
             "--data-binary",
         ])
-        .arg(hubhook_core::EXAMPLE_PAYLOAD)
+        .arg(hubhook_core::message::EXAMPLE_PAYLOAD)
         .arg(format!("http://{}/hubhook?apikey={KEY}", server.addr))
         .output();
     let Ok(curl) = curl else {

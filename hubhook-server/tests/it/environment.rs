@@ -123,7 +123,7 @@ fn every_provider_gives_the_shell_the_documented_environment() {
         "POST",
         &format!("/hubhook?apikey={KEY}"),
         &["Content-Type: application/json"],
-        hubhook_core::EXAMPLE_PAYLOAD.as_bytes(),
+        hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes(),
     );
     assert_eq!(status, 202, "{body}");
     let hub = written(dir.path(), "dockerhub", &server);

@@ -173,7 +173,7 @@ fn rust_and_c_plugins_receive_a_posted_webhook() {
         "POST",
         &format!("/hubhook?apikey={KEY}"),
         &[],
-        hubhook_core::EXAMPLE_PAYLOAD.as_bytes(),
+        hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes(),
     );
     assert_eq!(status, 202, "{answer}");
     let delivery: serde_json::Value = serde_json::from_str(&answer).expect("json");
@@ -533,7 +533,7 @@ fn the_rust_plugin_in_plugins_md_builds_and_runs_as_written() {
         "POST",
         &format!("/hubhook?apikey={KEY}"),
         &[],
-        hubhook_core::EXAMPLE_PAYLOAD.as_bytes(),
+        hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes(),
     );
     assert_eq!(status, 202, "{body}");
     // The greeting from [handler.config], through from_config, in the run's outcome.

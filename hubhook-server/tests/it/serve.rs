@@ -89,7 +89,7 @@ fn keys_never_reach_the_log_even_at_trace_level() {
         &[("HUBHOOK_LOG", "trace")],
     );
     const WRONG: &str = "wrong-key-9876543210-zyxwvu";
-    let body = hubhook_core::EXAMPLE_PAYLOAD.as_bytes();
+    let body = hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes();
     let cases: [(String, Vec<String>, &[u8], u16); 7] = [
         (format!("/hubhook?apikey={KEY}"), vec![], body, 202),
         (format!("/hubhook?apikey={WRONG}"), vec![], body, 401),
@@ -211,7 +211,7 @@ fn a_file_without_keys_refuses_to_start_unless_waived() {
         "POST",
         "/hubhook",
         &[],
-        hubhook_core::EXAMPLE_PAYLOAD.as_bytes(),
+        hubhook_core::message::EXAMPLE_PAYLOAD.as_bytes(),
     );
     assert_eq!(status, 202);
     assert!(server.terminate().success());
