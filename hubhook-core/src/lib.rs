@@ -56,8 +56,8 @@
 //! # Features
 //!
 //! - `tls` (default): HTTPS through rustls with the `ring` provider ([`TlsConfig`]).
-//! - `tower`: [`HubhookService`] implements `tower::Service`, to mount it in axum or any
-//!   tower stack.
+//! - `tower`: [`HubhookService`] and each of its [`Endpoint`]s (a hook, the health check,
+//!   the metrics) implement `tower::Service`, to mount them in axum or any tower stack.
 //! - `plugin`: handler plugins as dynamic libraries, through a small C ABI: load them with
 //!   [`plugin::PluginHandler`], write them in Rust with [`export_plugin!`] (see
 //!   `docs/PLUGINS.md`).
@@ -108,6 +108,6 @@ pub use listener::{Listener, ListenerBuilder, ShutdownHandle};
 pub use message::{HubMessage, MessageError, PushData, Repository};
 pub use observe::{DeliveryStatus, RunStatus, UnknownStatus};
 pub use provider::{Generic, Provider};
-pub use service::{Hook, HubhookService, HubhookServiceBuilder, Recovery, ReplayError};
+pub use service::{Endpoint, Hook, HubhookService, HubhookServiceBuilder, Recovery, ReplayError};
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;

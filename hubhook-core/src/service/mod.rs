@@ -6,6 +6,7 @@
 //! [`Listener`](crate::Listener) and, with the `tower` feature, any tower/axum/hyper stack.
 
 mod builder;
+mod endpoint;
 mod hook;
 mod recovery;
 mod response;
@@ -27,6 +28,8 @@ use crate::metrics::Metrics;
 use crate::provider::RecentEvents;
 
 pub use builder::{Hook, HubhookServiceBuilder};
+pub use endpoint::Endpoint;
+use endpoint::Which;
 pub use recovery::{Recovery, ReplayError};
 use response::{error, text, with_header};
 
@@ -119,43 +122,63 @@ impl HubhookService {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let response = self.route(req).await;
+        let response = match self.endpoint_at(req.uri().path()) {
+            Some(which) => self.answer(which, req).await,
+            None => error(StatusCode::NOT_FOUND, "not found"),
+        };
         self.inner.metrics.record_status(response.status().as_u16());
         response
     }
 
-    async fn route<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    /// Which endpoint answers at `path`, if any.
+    fn endpoint_at(&self, path: &str) -> Option<Which> {
+        if let Some(i) = self.inner.hooks.iter().position(|h| h.hook.path == path) {
+            return Some(Which::Hook(i));
+        }
+        match path {
+            HEALTH_PATH => Some(Which::Health),
+            METRICS_PATH => Some(Which::Metrics),
+            _ => None,
+        }
+    }
+
+    /// `req` answered by one endpoint, whatever its path.
+    async fn answer<B>(&self, which: Which, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let path = req.uri().path();
-        if let Some(hook) = self.inner.hooks.iter().find(|h| h.hook.path == path) {
-            return self.hook(req, hook).await;
-        }
-        let readable = matches!(*req.method(), Method::GET | Method::HEAD);
-        match path {
-            HEALTH_PATH if readable => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
-            METRICS_PATH if readable => {
-                let dispatcher = &self.inner.dispatcher;
-                let mut body = self
-                    .inner
-                    .metrics
-                    .render(dispatcher.running(), &dispatcher.depths());
-                dispatcher.observers().render_metrics(&mut body);
-                text(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    body,
-                )
+        let hook = match which {
+            Which::Hook(i) => &self.inner.hooks[i],
+            Which::Health | Which::Metrics => {
+                if !matches!(*req.method(), Method::GET | Method::HEAD) {
+                    return with_header(
+                        error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+                        ALLOW,
+                        "GET, HEAD",
+                    );
+                }
+                return match which {
+                    Which::Health => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+                    _ => self.metrics_text(),
+                };
             }
-            HEALTH_PATH | METRICS_PATH => with_header(
-                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-                ALLOW,
-                "GET, HEAD",
-            ),
-            _ => error(StatusCode::NOT_FOUND, "not found"),
-        }
+        };
+        self.hook(req, hook).await
+    }
+
+    fn metrics_text(&self) -> Response<Full<Bytes>> {
+        let dispatcher = &self.inner.dispatcher;
+        let mut body = self
+            .inner
+            .metrics
+            .render(dispatcher.running(), &dispatcher.depths());
+        dispatcher.observers().render_metrics(&mut body);
+        text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            body,
+        )
     }
 }
 
