@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::TempDir;
 
@@ -177,11 +177,9 @@ impl Registry {
             host: format!("127.0.0.1:{port}"),
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::eventually(Duration::from_secs(20), "the registry listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
         registry
     }
 
@@ -245,25 +243,21 @@ pub fn container_name(test: &str) -> String {
     format!("hubhook-test-{test}-{}", std::process::id())
 }
 
-/// The page served on 127.0.0.1:`port`, if any (a few tries, for a container just started).
+/// The page served on 127.0.0.1:`port`, if any within 2 s (for a container just started).
 pub fn page(port: u16) -> Option<String> {
     use std::io::{Read, Write};
-    for _ in 0..20 {
-        if let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
-            if tcp
-                .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                .is_ok()
-            {
-                let mut text = String::new();
-                if tcp.read_to_string(&mut text).is_ok() && text.starts_with("HTTP/1.") {
-                    return text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned());
-                }
-            }
+    crate::within(Duration::from_secs(2), || {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+        tcp.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).ok()?;
+        if !text.starts_with("HTTP/1.") {
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
+        text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
+    })
 }
 
 /// One quick GET of the page on 127.0.0.1:`port`, for timing: while a container stops,
@@ -327,7 +321,7 @@ impl Drop for Services {
         }
         // Tasks stop shortly after their service goes; wait so the port is free again.
         for name in &self.0 {
-            for _ in 0..100 {
+            crate::within(Duration::from_secs(10), || {
                 let (_, left) = docker(&[
                     "ps",
                     "--all",
@@ -335,11 +329,8 @@ impl Drop for Services {
                     "--filter",
                     &format!("name={name}."),
                 ]);
-                if left.trim().is_empty() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+                left.trim().is_empty().then_some(())
+            });
         }
     }
 }

@@ -1,12 +1,101 @@
-//! Test helpers shared by hubhook's integration tests: temporary directories, the real
-//! Docker engine, test images built with no pull, and a real registry on 127.0.0.1.
+//! Test helpers shared by hubhook's integration tests: temporary directories, waiting for
+//! what sends no event ([`eventually`]), the real Docker engine, test images built with
+//! no pull, and a real registry on 127.0.0.1.
 //! Everything they create carries the `hubhook-test` prefix and is removed on drop.
 
 mod engine;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub use engine::*;
+
+/// How often [`eventually`] and [`eventually_async`] look again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// What a wait was for, said when it times out: a fixed text, or a closure run only then
+/// (to show the output gathered so far).
+pub trait Describe {
+    /// The text for the panic message.
+    fn describe(&self) -> String;
+}
+
+impl Describe for &str {
+    fn describe(&self) -> String {
+        (*self).to_owned()
+    }
+}
+
+impl Describe for String {
+    fn describe(&self) -> String {
+        self.clone()
+    }
+}
+
+impl<F: Fn() -> String> Describe for F {
+    fn describe(&self) -> String {
+        self()
+    }
+}
+
+/// Waits until `check` gives `Some`, looking every 10 ms, and returns what it gave;
+/// panics with `what` after `limit`. The one place the tests wait by polling, for what
+/// sends no event: a file a child process writes, a container's state, a page that
+/// changes, a line in another process's log.
+pub fn eventually<T>(limit: Duration, what: impl Describe, check: impl FnMut() -> Option<T>) -> T {
+    match within(limit, check) {
+        Some(found) => found,
+        None => panic!("not within {limit:?}: {}", what.describe()),
+    }
+}
+
+/// [`eventually`] without the panic: `None` when `check` gave nothing within `limit`
+/// (for a cleanup that must not panic, or a probe whose "no" is an answer).
+pub fn within<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = check() {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// [`eventually`] for async checks, waiting on the tokio timer.
+pub async fn eventually_async<T, F>(
+    limit: Duration,
+    what: impl Describe,
+    check: impl FnMut() -> F,
+) -> T
+where
+    F: Future<Output = Option<T>>,
+{
+    match within_async(limit, check).await {
+        Some(found) => found,
+        None => panic!("not within {limit:?}: {}", what.describe()),
+    }
+}
+
+/// [`within`] for async checks, waiting on the tokio timer.
+pub async fn within_async<T, F>(limit: Duration, mut check: impl FnMut() -> F) -> Option<T>
+where
+    F: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
 
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]

@@ -97,13 +97,19 @@ async fn a_silent_client_cannot_hold_a_tls_handshake_open() {
 async fn connections_over_the_cap_wait_for_a_free_slot() {
     let (service, mut rx) = recording_service();
     let server = TestServer::start_with(service, Transport::Plain, |b| b.max_connections(1)).await;
-    // The first connection holds the only slot, mid-request.
+    // The first connection holds the only slot, mid-request; an answered /healthz on it
+    // shows the server has taken it.
     let mut first = server.connect().await;
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let health = read_response(&mut first).await.expect("an answer");
+    assert_eq!(health.status, 200);
     first
         .write_all(b"POST /hubhook HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
-    tokio::time::sleep(Duration::from_millis(100)).await;
     // The second is accepted by the kernel but not served...
     let mut second = server.connect().await;
     second
@@ -114,6 +120,7 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
         ))
         .await
         .expect("write");
+    // A negative window: only time can show that no answer comes.
     let early = tokio::time::timeout(Duration::from_millis(500), read_response(&mut second)).await;
     assert!(early.is_err(), "no answer while the cap is reached");
     // ...until the first goes away.
@@ -129,8 +136,8 @@ async fn connections_over_the_cap_wait_for_a_free_slot() {
 
 #[test]
 fn tls_files_are_checked_with_the_path_in_the_error() {
-    let dir = std::env::temp_dir().join(format!("hubhook-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let temp = hubhook_testkit::TempDir::new("tls-files");
+    let dir = temp.path();
     let cert = TestCert::new();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, &cert.cert_pem).expect("write cert");
@@ -155,7 +162,6 @@ fn tls_files_are_checked_with_the_path_in_the_error() {
     std::fs::write(&key_path, &other.key_pem).expect("write other key");
     let e = TlsConfig::from_pem_files(&cert_path, &key_path).expect_err("mismatched pair");
     assert!(e.to_string().contains("does not fit the key"), "{e}");
-    std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
 #[test]
@@ -306,6 +312,7 @@ async fn a_trickle_of_health_checks_does_not_hold_a_connection() {
             started.elapsed() < Duration::from_secs(5),
             "still open after 5 s"
         );
+        // The trickle's pace, not a wait: one health check every 100 ms.
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(

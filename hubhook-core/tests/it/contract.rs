@@ -12,6 +12,17 @@ fn hook(key: &str) -> String {
     format!("/hubhook?apikey={key}")
 }
 
+/// Waits until `addr` refuses connections: the listening socket closes in the same step
+/// that starts refusing webhooks, so that is the sign the shutdown has begun.
+async fn refused_from_now(addr: std::net::SocketAddr) {
+    hubhook_testkit::eventually_async(
+        Duration::from_secs(10),
+        "the listener stops accepting",
+        || async { tokio::net::TcpStream::connect(addr).await.err().map(drop) },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn valid_post_is_accepted_and_dispatched() {
     for transport in TRANSPORTS {
@@ -293,18 +304,17 @@ async fn full_queue_is_503_with_retry_after() {
         assert_eq!(second.header("retry-after"), Some("5"));
         release.add_permits(1);
         // Once the run is over there is room again.
-        let mut status = 0;
-        for _ in 0..100 {
-            status = server
-                .post(&hook(KEY), &[], EXAMPLE_PAYLOAD.as_bytes())
-                .await
-                .status;
-            if status == 202 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(status, 202);
+        hubhook_testkit::eventually_async(
+            Duration::from_secs(1),
+            "room again once the run is over",
+            || async {
+                let r = server
+                    .post(&hook(KEY), &[], EXAMPLE_PAYLOAD.as_bytes())
+                    .await;
+                (r.status == 202).then_some(())
+            },
+        )
+        .await;
         release.add_permits(1);
         server.stop().await;
     }
@@ -315,22 +325,24 @@ async fn shutting_down_answers_the_request_under_way_with_503() {
     for transport in TRANSPORTS {
         let (service, mut rx) = recording_service();
         let server = TestServer::start(service, transport).await;
-        // A request whose body is still arriving when shutdown starts...
+        // A request whose body is still arriving when shutdown starts. `Expect:
+        // 100-continue` makes the server say when it starts reading the body: from then
+        // on the request is under way.
         let mut io = server.connect().await;
         let body = EXAMPLE_PAYLOAD.as_bytes();
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
             hook(KEY),
             body.len()
         );
         io.write_all(head.as_bytes()).await.expect("head");
+        let go_on = read_response(&mut io).await.expect("100 Continue");
+        assert_eq!(go_on.status, 100, "{transport:?}");
         io.write_all(&body[..10]).await.expect("part of the body");
         io.flush().await.expect("flush");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let stop = server.shutdown_handle();
+        let addr = server.addr;
         let serving = tokio::spawn(server.stop());
-        stop.shutdown();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        refused_from_now(addr).await;
         // ...is still answered, with a definite "try again later".
         io.write_all(&body[10..]).await.expect("rest of the body");
         let r = read_response(&mut io)
@@ -412,16 +424,7 @@ async fn shutting_down_answers_503_on_a_kept_alive_connection_until_handlers_fin
         next(&mut started).await;
 
         let serving = tokio::spawn(server.stop());
-        // The listening socket closes in the same step that starts refusing webhooks, so a
-        // refused connect is the sign that the shutdown has begun.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_ok() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the listener stops accepting"
-            );
-            tokio::task::yield_now().await;
-        }
+        refused_from_now(addr).await;
 
         // The handler still runs: the open connection is answered, not dropped.
         io.write_all(&post_bytes(&hook(KEY), &[], EXAMPLE_PAYLOAD.as_bytes()))

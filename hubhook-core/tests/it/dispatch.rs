@@ -194,6 +194,7 @@ async fn shutdown_gives_running_handlers_the_grace_period() {
         .await;
     next(&mut started_rx).await;
     let stopping = tokio::spawn(server.stop());
+    // A negative window: nothing but time can show that shutdown is not over yet.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !stopping.is_finished(),

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hubhook_core::{HubMessage, HubhookService};
+use hubhook_core::{HubMessage, HubhookService, MessageError};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -84,28 +84,62 @@ fn check_decoded(msg: &HubMessage) {
     assert!(!msg.image().contains(char::is_whitespace));
 }
 
+/// Every outcome of decoding `body`: an accepted message is well-formed, and a refusal is
+/// one of the documented ones, fitting the body (not JSON only when it is not JSON), with
+/// the offending value cut to its documented length.
+fn check_outcome(body: &[u8], result: Result<HubMessage, MessageError>) {
+    let is_json = serde_json::from_slice::<Value>(body).is_ok();
+    let cut = |value: &str, max: usize| {
+        let shown = value.strip_suffix("...").unwrap_or(value);
+        assert!(
+            shown.chars().count() <= max,
+            "{value:?} is not cut to {max}"
+        );
+    };
+    match result {
+        Ok(msg) => {
+            assert!(is_json, "a body that is not JSON was accepted");
+            check_decoded(&msg);
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            match e {
+                MessageError::Json(_) => assert!(!is_json, "valid JSON refused as not JSON"),
+                MessageError::Shape(_) => assert!(is_json, "not JSON refused for its shape"),
+                MessageError::Repository { name, .. } => cut(&name, 64),
+                MessageError::Tag { tag, .. } => cut(&tag, 64),
+                MessageError::Digest { digest, .. } => cut(&digest, 80),
+                other => panic!("an undocumented refusal: {other:?}"),
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..2048)) {
-        if let Ok(msg) = HubMessage::from_json(&body) {
-            check_decoded(&msg);
-        }
+        check_outcome(&body, HubMessage::from_json(&body));
     }
 
     #[test]
     fn arbitrary_json(value in json_value()) {
-        if let Ok(msg) = HubMessage::from_json(value.to_string().as_bytes()) {
-            check_decoded(&msg);
-        }
+        let body = value.to_string().into_bytes();
+        check_outcome(&body, HubMessage::from_json(&body));
     }
 
     #[test]
     fn hub_shaped_json(value in hub_shaped()) {
-        if let Ok(msg) = HubMessage::from_json(value.to_string().as_bytes()) {
-            check_decoded(&msg);
-        }
+        let body = value.to_string().into_bytes();
+        let result = HubMessage::from_json(&body);
+        // Hub-shaped bodies are JSON objects: only the grammar can refuse them.
+        prop_assert!(
+            !matches!(result, Err(MessageError::Json(_))),
+            "{:?}",
+            result
+        );
+        check_outcome(&body, result);
     }
 }
 

@@ -372,20 +372,18 @@ mod journaled {
     ) -> (
         TestServer,
         tokio::sync::mpsc::UnboundedReceiver<(hubhook_core::HubMessage, String)>,
+        hubhook_testkit::TempDir,
     ) {
-        let dir =
-            std::env::temp_dir().join(format!("hubhook-envelope-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = hubhook_testkit::TempDir::new(&format!("envelope-{name}"));
         let (recorder, rx) = Recorder::new("recorder");
         let service = HubhookService::builder()
             .hook(Hook::new("/registry", Provider::Registry).api_key(KEY))
-            .journal(Journal::open(dir.join("journal.sqlite")).expect("journal"))
+            .journal(Journal::open(dir.path().join("journal.sqlite")).expect("journal"))
             .max_pending(4096)
             .handler(recorder)
             .build()
             .expect("service");
-        (TestServer::start(service, Transport::Plain).await, rx)
+        (TestServer::start(service, Transport::Plain).await, rx, dir)
     }
 
     /// A value from the `/metrics` text, 0 when absent.
@@ -397,7 +395,7 @@ mod journaled {
 
     #[tokio::test]
     async fn an_envelope_of_a_thousand_events_is_one_commit() {
-        let (server, mut rx) = journaled_registry("thousand").await;
+        let (server, mut rx, _dir) = journaled_registry("thousand").await;
         let events = (0..1000)
             .map(|i| event(&format!("e{i}"), "push", MANIFEST, Some(&format!("v{i}"))))
             .collect();
@@ -437,7 +435,7 @@ mod journaled {
 
     #[tokio::test]
     async fn one_event_posted_eight_times_at_once_runs_once() {
-        let (server, mut rx) = journaled_registry("eight").await;
+        let (server, mut rx, _dir) = journaled_registry("eight").await;
         let body = envelope(vec![event("only-once", "push", MANIFEST, Some("v1"))]);
         let auth = format!("Authorization: Bearer {KEY}");
         let headers = [auth.as_str(), REGISTRY_TYPE];

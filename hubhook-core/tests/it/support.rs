@@ -146,25 +146,24 @@ impl TestServer {
     /// `GET /metrics` until its text contains `line` (a run's outcome is counted just after
     /// the handler reports), up to a second; returns the last text, checked by the caller.
     pub async fn metrics_with(&self, line: &str) -> String {
-        let mut text = String::new();
-        for _ in 0..50 {
+        let fetch = || async {
             let r = self.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
             assert_eq!(r.status, 200);
             assert!(r
                 .header("content-type")
                 .unwrap_or("")
                 .starts_with("text/plain; version=0.0.4"));
-            text = r.body;
-            if text.contains(line) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            r.body
+        };
+        let found = hubhook_testkit::within_async(Duration::from_secs(1), || async {
+            let text = fetch().await;
+            text.contains(line).then_some(text)
+        })
+        .await;
+        match found {
+            Some(text) => text,
+            None => fetch().await,
         }
-        text
-    }
-
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        self.handle.clone()
     }
 
     /// Shuts down and waits for `serve` to return.

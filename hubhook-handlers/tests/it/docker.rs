@@ -409,6 +409,7 @@ async fn a_swarm_service_moves_to_v2_and_a_broken_image_fails() {
                 if page(port).as_deref() != Some("site v2") {
                     down += 1;
                 }
+                // The probe's sampling interval, not a wait for anything.
                 std::thread::sleep(Duration::from_millis(20));
             }
             down
@@ -518,20 +519,21 @@ async fn a_timeout_in_the_middle_of_a_swap_does_not_leave_the_site_down() {
         started.elapsed() < Duration::from_secs(8),
         "the run was abandoned mid-swap"
     );
-    let mut serving = None;
-    for _ in 0..300 {
-        if container_id(&format!("{name}-hubhook-old")).is_none() {
-            serving = page(port);
-            if serving.is_some() {
-                break;
+    let serving = hubhook_testkit::eventually_async(
+        Duration::from_secs(30),
+        "one container serving, no -hubhook-old left",
+        || async {
+            if container_id(&format!("{name}-hubhook-old")).is_some() {
+                return None;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            page(port)
+        },
+    )
+    .await;
     // The task either finished the deploy (v2) or, cancelled in its gate, put the old
     // container back (v1); both leave one container serving and no half-swap behind.
     assert!(
-        matches!(serving.as_deref(), Some("site v1" | "site v2")),
+        matches!(serving.as_str(), "site v1" | "site v2"),
         "a version serves after the timeout: {serving:?}"
     );
     assert!(container_id(name).is_some());
@@ -741,11 +743,9 @@ impl Nginx {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start nginx (Debian's nginx-light)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        hubhook_testkit::eventually(Duration::from_secs(10), "nginx listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
         Self {
             child,
             conf,
@@ -800,6 +800,7 @@ fn poll_page(
                 Ok(text) => failed.push(text.lines().next().unwrap_or("").to_owned()),
                 Err(e) => failed.push(e.to_string()),
             }
+            // The probe's sampling interval, not a wait for anything.
             std::thread::sleep(Duration::from_millis(20));
         }
         (failed, made)

@@ -145,15 +145,12 @@ fn alive(pid: i32) -> bool {
 }
 
 async fn wait_for_file(path: &std::path::Path) -> String {
-    for _ in 0..500 {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if text.ends_with('\n') {
-                return text;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{} never appeared", path.display());
+    let what = format!("{} is written", path.display());
+    hubhook_testkit::eventually_async(Duration::from_secs(10), what, || async {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.ends_with('\n').then_some(text)
+    })
+    .await
 }
 
 /// Posts the documented payload to a service whose only route runs `handler` with a
@@ -197,15 +194,12 @@ async fn a_timeout_kills_the_whole_process_group() {
         alive(grandchild) && alive(child),
         "both run before the timeout"
     );
-    let mut gone = false;
-    for _ in 0..500 {
-        if !alive(grandchild) && !alive(child) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(gone, "the timeout killed the child and the grandchild");
+    hubhook_testkit::eventually_async(
+        Duration::from_secs(10),
+        "the timeout kills the child and the grandchild",
+        || async { (!alive(grandchild) && !alive(child)).then_some(()) },
+    )
+    .await;
     assert!(service.shutdown(Duration::from_secs(5)).await);
 }
 
@@ -352,14 +346,11 @@ async fn a_timeout_kills_what_survives_sigterm_after_the_program_left() {
         .trim()
         .parse()
         .expect("pid");
-    let mut gone = false;
-    for _ in 0..500 {
-        if !alive(grandchild) && !alive(child) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(gone, "the grandchild that ignored SIGTERM was killed");
+    hubhook_testkit::eventually_async(
+        Duration::from_secs(10),
+        "the grandchild that ignored SIGTERM is killed",
+        || async { (!alive(grandchild) && !alive(child)).then_some(()) },
+    )
+    .await;
     assert!(service.shutdown(Duration::from_secs(5)).await);
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hubhook_testkit::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,11 +34,9 @@ impl Drop for Pebble {
 }
 
 fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(20), format!("{what} listens"), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
 }
 
 /// Starts pebble validating TLS-ALPN-01 on `tls_port`, serving its directory over HTTPS
@@ -216,15 +214,11 @@ fn installed(server: &Server) -> usize {
 }
 
 fn wait_for_install(server: &Server, at_least: usize) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while installed(server) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "no certificate:\n{}",
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(90),
+        || format!("a certificate installed:\n{}", server.stderr()),
+        || (installed(server) >= at_least).then_some(()),
+    );
 }
 
 #[test]

@@ -9,15 +9,13 @@ use hubhook_testkit::{
 
 use crate::support::*;
 
-fn wait_for_page(port: u16, want: &str, limit: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if quick_page(port).as_deref() == Some(want) {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+/// Waits (up to a minute) until the page on `port` is `want`.
+fn wait_for_page(port: u16, want: &str, server: &Server) {
+    eventually(
+        Duration::from_secs(60),
+        || format!("the page says {want:?}:\n{}", server.stderr()),
+        || (quick_page(port).as_deref() == Some(want)).then_some(()),
+    );
 }
 
 #[test]
@@ -56,26 +54,23 @@ fn a_push_to_the_registry_redeploys_the_container() {
 
     // First push: the registry notifies, hubhook runs the container.
     registry.push_keeping("v1");
-    let first = wait_for_page(page_port, "site v1", Duration::from_secs(60));
-    assert!(first.is_some(), "v1 never served:\n{}", server.stderr());
+    wait_for_page(page_port, "site v1", &server);
 
     // Second push: the page changes. Timed from the moment `docker push` returns.
     registry.push_keeping("v2");
     let pushed = Instant::now();
-    let second = wait_for_page(page_port, "site v2", Duration::from_secs(60));
+    wait_for_page(page_port, "site v2", &server);
     let elapsed = pushed.elapsed();
-    assert!(second.is_some(), "v2 never served:\n{}", server.stderr());
     println!(
         "push-to-new-page: {} ms (from docker push returning to the new page served)",
         elapsed.as_millis()
     );
     // The handler's own split (pull, swap, health) of the second deploy, for BENCHMARKS.md.
-    for _ in 0..100 {
-        if server.stderr().matches("summary=deployed").count() >= 2 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(2),
+        "the second deploy's log line",
+        || (server.stderr().matches("summary=deployed").count() >= 2).then_some(()),
+    );
     if let Some(line) = server
         .stderr()
         .lines()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;
 
@@ -35,20 +35,19 @@ fn parse_env(text: &str) -> BTreeMap<String, String> {
 /// Waits for the file the handler writes for `source` and reads it.
 fn written(dir: &Path, source: &str, server: &Server) -> BTreeMap<String, String> {
     let path = dir.join(format!("env-{source}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if text.ends_with("END\n") {
-                return parse_env(&text);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the handler wrote no env for {source}:\n{}",
-            server.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(20),
+        || {
+            format!(
+                "the handler writes the env for {source}:\n{}",
+                server.stderr()
+            )
+        },
+        || {
+            let text = std::fs::read_to_string(&path).ok()?;
+            text.ends_with("END\n").then(|| parse_env(&text))
+        },
+    )
 }
 
 fn delivery_id(body: &str) -> String {

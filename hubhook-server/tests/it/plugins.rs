@@ -312,17 +312,18 @@ fn panics_and_hangs_are_contained_and_the_next_delivery_is_fine() {
     // The server still serves, and the same plugins handle the next delivery normally.
     assert_eq!(request(server.addr, "GET", "/healthz", &[], b"").0, 200);
     assert_eq!(post("ok"), 202);
-    for _ in 0..500 {
-        if server
-            .stderr()
-            .matches("misbehave saw acme/site:ok")
-            .count()
-            == 3
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(
+        Duration::from_secs(10),
+        "three runs of the good delivery",
+        || {
+            (server
+                .stderr()
+                .matches("misbehave saw acme/site:ok")
+                .count()
+                == 3)
+                .then_some(())
+        },
+    );
     assert_eq!(
         server
             .stderr()

@@ -231,11 +231,9 @@ fn cacert_through_nginx_with_an_openssl_certificate() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start nginx");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "nginx did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(std::time::Duration::from_secs(10), "nginx listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
     let url = format!("https://localhost:{port}/hubhook");
     let (code, stdout, stderr) = send(&[&url, "--key", KEY, "--cacert", "cert.pem"], dir.path());
     let _ = nginx.kill();

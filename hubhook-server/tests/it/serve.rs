@@ -126,13 +126,11 @@ fn keys_never_reach_the_log_even_at_trace_level() {
     }
     // Both accepted deliveries were handled (JSON lines on stdout).
     let pushes = || server.stdout().matches("\"event\":\"push\"").count();
-    for _ in 0..500 {
-        if pushes() == 2 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(pushes(), 2, "{}", server.stdout());
+    eventually(
+        std::time::Duration::from_secs(10),
+        || format!("two pushes logged:\n{}", server.stdout()),
+        || (pushes() == 2).then_some(()),
+    );
     let stderr = server.stderr();
     assert!(
         stderr.contains("accepted a delivery"),
@@ -376,16 +374,17 @@ fn relative_paths_are_the_config_files_neighbours_however_it_is_named() {
         );
         assert_eq!(status, 202, "{name}");
         let want = format!("{tag} {}", work.display());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_to_string(&marker).unwrap_or_default().trim() != want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name}: deploy.sh never ran in {}:\n{}",
-                work.display(),
-                server.stderr()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        eventually(
+            std::time::Duration::from_secs(10),
+            || {
+                format!(
+                    "{name}: deploy.sh runs in {}:\n{}",
+                    work.display(),
+                    server.stderr()
+                )
+            },
+            || (std::fs::read_to_string(&marker).unwrap_or_default().trim() == want).then_some(()),
+        );
         assert!(server.terminate().success());
     }
     // One data dir, beside the file, for all three.

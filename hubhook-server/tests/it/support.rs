@@ -5,10 +5,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 
-pub use hubhook_testkit::TempDir;
+pub use hubhook_testkit::{eventually, TempDir};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hubhook");
 pub const KEY: &str = "server-test-key-0123456789abcdef";
@@ -25,7 +25,7 @@ pub fn hubhook(args: &[&str], cwd: &Path) -> Output {
 /// Runs `hubhook serve ARGS --listen 127.0.0.1:0`, expecting it to refuse to start: returns
 /// its stderr once it has exited 1. Fails the test if it starts serving instead.
 pub fn serve_refuses(args: &[&str], cwd: &Path) -> String {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("serve")
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
@@ -35,21 +35,24 @@ pub fn serve_refuses(args: &[&str], cwd: &Path) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hubhook serve");
-    // Refusing takes no more than reading the file; a server that listens never exits.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
+    // Refusing takes no more than reading the file; a server that listens never exits,
+    // and is killed when the wait fails.
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("hubhook serve {args:?} started instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    let mut child = KillOnDrop(child);
+    let status = eventually(
+        Duration::from_secs(20),
+        format!("hubhook serve {args:?} refuses to start"),
+        || child.0.try_wait().expect("wait"),
+    );
     let mut stderr = String::new();
     child
+        .0
         .stderr
         .take()
         .expect("stderr")
@@ -123,27 +126,33 @@ impl Server {
     }
 
     fn wait_for(&mut self, needle: &str, stderr: bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = if stderr { self.stderr() } else { self.stdout() };
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "hubhook exited ({status}) before printing {needle:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {needle:?} within 20 s\nstdout:\n{}\nstderr:\n{}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        let (out, err) = (self.stdout.clone(), self.stderr.clone());
+        let text = |buffer: &Arc<Mutex<String>>| buffer.lock().expect("output").clone();
+        eventually(
+            Duration::from_secs(20),
+            || {
+                format!(
+                    "a line with {needle:?}\nstdout:\n{}\nstderr:\n{}",
+                    text(&out),
+                    text(&err)
+                )
+            },
+            || {
+                let lines = text(if stderr { &err } else { &out });
+                if let Some(line) = lines.lines().find(|l| l.contains(needle)) {
+                    return Some(line.to_owned());
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "hubhook exited ({status}) before printing {needle:?}\nstdout:\n{}\nstderr:\n{}",
+                        text(&out),
+                        text(&err)
+                    );
+                }
+                None
+            },
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -157,17 +166,11 @@ impl Server {
             .args(["-TERM", &pid])
             .status()
             .expect("kill -TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hubhook did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(
+            Duration::from_secs(20),
+            "hubhook exits after SIGTERM",
+            || self.child.try_wait().expect("wait"),
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 //! a broken new image leaves the old version serving.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hubhook_testkit::{available, container_name, free_port, quick_page, Containers, Registry};
 
@@ -123,37 +123,31 @@ impl Scene {
     }
 
     /// The page, within `limit`.
-    fn page_within(&self, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(page) = quick_page(self.port) {
-                return Some(page);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+    fn page_within(&self, limit: Duration, server: &Server) -> String {
+        eventually(
+            limit,
+            || {
+                format!(
+                    "a page within {limit:?} of the restart:\n{}",
+                    server.stderr()
+                )
+            },
+            || quick_page(self.port),
+        )
     }
 
     /// Waits until exactly the container `NAME` is left, no `-hubhook-old` or `-new`, and
     /// returns its page.
     fn settled(&self, server: &Server) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let clean =
-                self.exists("") && !self.exists("-hubhook-old") && !self.exists("-hubhook-new");
-            if clean {
-                if let Some(page) = quick_page(self.port) {
-                    return page;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never settled:\n{}",
-                self.name,
-                server.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(
+            Duration::from_secs(60),
+            || format!("{} settles:\n{}", self.name, server.stderr()),
+            || {
+                let clean =
+                    self.exists("") && !self.exists("-hubhook-old") && !self.exists("-hubhook-new");
+                clean.then(|| quick_page(self.port)).flatten()
+            },
+        )
     }
 
     /// Deploys v1, pushes `tag`, interrupts hubhook at `step` with `how`, restarts it and
@@ -161,15 +155,11 @@ impl Scene {
     fn interrupt(&self, step: Step, how: Interrupt, tag: &str) -> String {
         let server = self.start();
         self.push(&server, "v1");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.settled(&server) != "site v1" {
-            assert!(
-                Instant::now() < deadline,
-                "v1 never served:\n{}",
-                server.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually(
+            Duration::from_secs(60),
+            || format!("v1 served:\n{}", server.stderr()),
+            || (self.settled(&server) == "site v1").then_some(()),
+        );
         let _ = std::fs::remove_file(&self.paused);
         let verb = match step {
             Step::Rename => Some("rename"),
@@ -181,22 +171,17 @@ impl Scene {
             std::fs::write(&self.pause, verb).expect("pause");
         }
         self.push(&server, tag);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let there = match step {
-                Step::Gate => self.exists("-hubhook-new"),
-                _ => self.paused.exists(),
-            };
-            if there {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never reached {step:?}:\n{}",
-                server.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually(
+            Duration::from_secs(60),
+            || format!("hubhook reaches {step:?}:\n{}", server.stderr()),
+            || {
+                let there = match step {
+                    Step::Gate => self.exists("-hubhook-new"),
+                    _ => self.paused.exists(),
+                };
+                there.then_some(())
+            },
+        );
         match how {
             Interrupt::Kill => drop(server),
             Interrupt::Term => {
@@ -206,11 +191,10 @@ impl Scene {
         }
         let _ = std::fs::remove_file(&self.pause);
         let server = self.start();
-        let page = self.page_within(HEALTH_TIMEOUT);
+        let page = self.page_within(HEALTH_TIMEOUT, &server);
         // The old version or the pushed one: never down, never anything else.
         assert!(
-            page.as_deref()
-                .is_some_and(|page| page == "site v1" || page == format!("site {tag}")),
+            page == "site v1" || page == format!("site {tag}"),
             "{how:?} at {step:?}: the page within health_timeout of the restart: {page:?}\n{}",
             server.stderr()
         );
