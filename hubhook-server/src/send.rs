@@ -53,35 +53,14 @@ pub(crate) async fn send(
     key: Option<&str>,
     cacert: Option<&Path>,
 ) -> Result<Answer, String> {
-    let shown = redact(url);
-    if !url.contains("://") {
-        return Err(format!(
-            "{shown:?} has no scheme: add http:// (or https://) in front, as in \"http://{shown}\""
-        ));
-    }
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return Err(format!("{shown:?} must start with http:// or https://")),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{shown:?} has no host"))?
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    // Host: the authority without any `user:password@`.
-    let authority = match uri.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
-    let bare_host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-
+    let Target {
+        tls,
+        host,
+        port,
+        authority,
+        bare_host,
+        uri,
+    } = target(url)?;
     let mut request = Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
         .header(http::header::HOST, authority)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -131,6 +110,59 @@ pub(crate) async fn send(
     tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
         .map_err(|_| format!("no answer from {host}:{port} within 30 s"))?
+}
+
+/// Where `send` posts to, read from its URL.
+struct Target {
+    tls: bool,
+    /// As written in the URL (IPv6 in brackets), for messages.
+    host: String,
+    port: u16,
+    /// The `Host` header: host and port, without any `user:password@`.
+    authority: String,
+    /// The host to connect to and to name in TLS.
+    bare_host: String,
+    uri: Uri,
+}
+
+/// Reads the URL; every refusal names the URL without its key.
+fn target(url: &str) -> Result<Target, String> {
+    let shown = redact(url);
+    if !url.contains("://") {
+        return Err(format!(
+            "{shown:?} has no scheme: add http:// (or https://) in front, as in \"http://{shown}\""
+        ));
+    }
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(format!("{shown:?} must start with http:// or https://")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{shown:?} has no host"))?
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    // Host: the authority without any `user:password@`.
+    let authority = match uri.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let bare_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok(Target {
+        tls,
+        host,
+        port,
+        authority,
+        bare_host,
+        uri,
+    })
 }
 
 async fn exchange<I>(io: TokioIo<I>, request: Request<Full<Bytes>>) -> Result<Answer, String>

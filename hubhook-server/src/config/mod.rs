@@ -1,0 +1,493 @@
+//! The TOML configuration: reading it, checking it, and saying exactly where it is wrong.
+//!
+//! Every problem becomes a [`ConfigError`] naming the file, the line and the key
+//! (`hubhook.toml:12: handler[2].type: unknown handler type "shel"`). Serde reports type
+//! and unknown-key errors with the span of the value; the checks that run after parsing
+//! (addresses, durations, files) keep the span of the value they check.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hubhook_core::auth::{self, KeyProblem};
+use hubhook_core::listener;
+use hubhook_core::plugin::PluginHandler;
+use hubhook_core::{Generic, Hook, Provider};
+use hubhook_handlers::{DockerHandler, LogFormat};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the server looks for its data (the generated key) when nothing says otherwise.
+pub(crate) const DEFAULT_DATA_DIR: &str = "./hubhook-data";
+/// Finished deliveries older than this are pruned from the journal, by default.
+const DEFAULT_KEEP: Duration = Duration::from_secs(30 * 86_400);
+/// The longest `keep_days` (a hundred years); 0 keeps forever.
+const MAX_KEEP_DAYS: u64 = 36_500;
+/// Finished deliveries kept in the journal at most, by default.
+const DEFAULT_KEEP_DELIVERIES: u64 = 10_000;
+/// The only host the callback may reach unless `callback.allow` says otherwise.
+const DEFAULT_CALLBACK_HOST: &str = "registry.hub.docker.com";
+/// The handler types this build knows.
+const HANDLER_TYPES: &[&str] = &["log", "shell", "docker", "plugin"];
+
+/// A configuration problem, with where it is.
+#[derive(Debug)]
+pub(crate) struct ConfigError {
+    file: PathBuf,
+    line: Option<usize>,
+    key: Option<String>,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// API keys: a list whose `Debug` shows how many, never what.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct Keys(pub(crate) Vec<String>);
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} key(s), redacted]", self.0.len())
+    }
+}
+
+impl std::ops::Deref for Keys {
+    type Target = Vec<String>;
+
+    fn deref(&self) -> &Vec<String> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Keys {
+    fn deref_mut(&mut self) -> &mut Vec<String> {
+        &mut self.0
+    }
+}
+
+/// The server's settings, checked and with defaults filled in.
+#[derive(Debug)]
+pub(crate) struct Config {
+    /// The file these came from, if any.
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) path: String,
+    pub(crate) data_dir: PathBuf,
+    /// The line of `data_dir` in the file, when it is written there.
+    pub(crate) data_dir_line: Option<usize>,
+    pub(crate) max_body: u64,
+    /// The body limit of hooks that only a signature authenticates.
+    pub(crate) signed_max_body: u64,
+    pub(crate) header_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) shutdown_grace: Duration,
+    /// Journal accepted deliveries in the data dir (and resume them after a restart).
+    pub(crate) journal: bool,
+    /// Finished deliveries older than this are pruned from the journal.
+    pub(crate) keep: Option<Duration>,
+    /// At most this many finished deliveries are kept in the journal.
+    pub(crate) keep_deliveries: Option<u64>,
+    /// Docker Hub's legacy callback, when enabled.
+    pub(crate) callback: Option<CallbackSpec>,
+    pub(crate) api_keys: Keys,
+    pub(crate) allow_unauthenticated: bool,
+    pub(crate) tls: Option<TlsFiles>,
+    /// Whether the Docker Hub hook of the top-level `path` and `[auth]` is served.
+    pub(crate) dockerhub_hook: bool,
+    pub(crate) hooks: Vec<HookSpec>,
+    pub(crate) handlers: Vec<HandlerSpec>,
+    /// What `check` prints and `serve` logs as warnings (a config file others can read).
+    pub(crate) warnings: Vec<String>,
+}
+
+/// The `[callback]` table, when `enabled = true`.
+#[derive(Debug, Clone)]
+pub(crate) struct CallbackSpec {
+    pub(crate) allow: Vec<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) target_url: String,
+}
+
+/// How a handler's runs are queued.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueueSpec {
+    pub(crate) coalesce: Option<hubhook_core::Coalesce>,
+    pub(crate) max_concurrency: Option<usize>,
+    pub(crate) max_queued: Option<usize>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) retry_backoff: Option<Duration>,
+}
+
+/// One `[[hook]]` table.
+#[derive(Debug, Clone)]
+pub(crate) struct HookSpec {
+    pub(crate) path: String,
+    pub(crate) provider: Provider,
+    pub(crate) api_keys: Keys,
+    pub(crate) allow_unauthenticated: bool,
+    /// The registry host a `registry` hook's images live on.
+    pub(crate) registry: Option<String>,
+}
+
+/// Where `[tls]` gets its certificate: two files, or an ACME directory.
+#[derive(Debug, Clone)]
+pub(crate) enum TlsFiles {
+    Files { cert: PathBuf, key: PathBuf },
+    Acme(crate::acme::AcmeSpec),
+}
+
+/// One `[[handler]]` table.
+#[derive(Debug, Clone)]
+pub(crate) struct HandlerSpec {
+    pub(crate) name: String,
+    pub(crate) repo: Option<String>,
+    pub(crate) tag: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) queue: QueueSpec,
+    pub(crate) kind: HandlerKind,
+    /// The line that names the program a shell or docker handler runs (its `command` or
+    /// `docker`, else its table), for `check` to point at.
+    pub(crate) program_line: Option<usize>,
+}
+
+/// What a handler is, with its type's own settings.
+#[derive(Debug, Clone)]
+pub(crate) enum HandlerKind {
+    Log {
+        format: LogFormat,
+    },
+    Shell {
+        command: Vec<String>,
+        workdir: Option<PathBuf>,
+        env: BTreeMap<String, String>,
+        output_tail: Option<usize>,
+    },
+    Docker(Box<DockerHandler>),
+    Plugin(PluginHandler),
+}
+
+impl HandlerKind {
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Self::Log { .. } => "log",
+            Self::Shell { .. } => "shell",
+            Self::Docker(_) => "docker",
+            Self::Plugin(_) => "plugin",
+        }
+    }
+}
+
+impl Config {
+    /// The settings used when there is no file: 127.0.0.1:8080, `/hubhook`, the log
+    /// handler, `./hubhook-data`.
+    pub(crate) fn defaults() -> Self {
+        Self {
+            file: None,
+            listen: listener::DEFAULT_ADDR,
+            path: hubhook_core::service::DEFAULT_PATH.to_owned(),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            data_dir_line: None,
+            max_body: hubhook_core::service::DEFAULT_MAX_BODY,
+            signed_max_body: hubhook_core::service::DEFAULT_SIGNED_MAX_BODY,
+            header_timeout: listener::DEFAULT_HEADER_TIMEOUT,
+            max_connections: listener::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: listener::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            shutdown_grace: listener::DEFAULT_SHUTDOWN_GRACE,
+            journal: true,
+            keep: Some(DEFAULT_KEEP),
+            keep_deliveries: Some(DEFAULT_KEEP_DELIVERIES),
+            callback: None,
+            api_keys: Keys::default(),
+            allow_unauthenticated: false,
+            tls: None,
+            warnings: Vec::new(),
+            dockerhub_hook: true,
+            hooks: Vec::new(),
+            handlers: vec![HandlerSpec {
+                name: "log".to_owned(),
+                repo: None,
+                tag: None,
+                timeout: None,
+                queue: QueueSpec::default(),
+                kind: HandlerKind::Log {
+                    format: LogFormat::Text,
+                },
+                program_line: None,
+            }],
+        }
+    }
+
+    /// Reads and checks `file`.
+    pub(crate) fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        let parser = Parser {
+            file,
+            text: &text,
+            warnings: Default::default(),
+        };
+        let mut config = parser.parse()?;
+        config.warnings.extend(parser.warnings.take());
+        // A file that holds keys or secrets is as secret as they are; ssh warns likewise.
+        let holds_secrets = text.contains("api_keys") || text.contains("secret");
+        if let (true, Err(why)) = (holds_secrets, private(file)) {
+            config
+                .warnings
+                .push(format!("{why} (it holds keys or secrets)"));
+        }
+        Ok(config)
+    }
+}
+
+/// The folder every relative path in `file` is resolved from: the file's own, also when
+/// `--config` names it bare (`hubhook.toml`, whose parent is the empty path).
+fn config_dir(file: &Path) -> &Path {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// `path` as written in the file, resolved from `base` (see [`config_dir`]): `./deploy.sh`
+/// beside a bare `hubhook.toml` is `./deploy.sh`, not `././deploy.sh`.
+fn resolve(base: &Path, path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    base.join(path.strip_prefix(".").unwrap_or(path))
+}
+
+/// The data dir `file` names, read without anything else: `hubhook deliveries` needs only
+/// this, and must not load plugins or read TLS and key files to find it.
+pub(crate) fn data_dir_of(file: &Path) -> Result<PathBuf, ConfigError> {
+    let fail = |line: Option<usize>, key: Option<&str>, message: String| ConfigError {
+        file: file.to_owned(),
+        line,
+        key: key.map(str::to_owned),
+        message,
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| fail(None, None, format!("cannot read the file: {e}")))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        fail(line, None, without_values(e.message().trim()))
+    })?;
+    let base = config_dir(file);
+    match table.get("data_dir") {
+        None => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
+        Some(toml::Value::String(dir)) => Ok(resolve(base, dir)),
+        Some(other) => Err(fail(
+            None,
+            Some("data_dir"),
+            format!("must be a path, not {}", other.type_str()),
+        )),
+    }
+}
+
+/// Refuses a file that holds a secret and that group or others may read, as ssh does,
+/// naming the file and the `chmod` that fixes it.
+pub(crate) fn private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is readable by its group or others (mode {mode:o}): chmod 600 {}",
+        path.display(),
+        path.display()
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    data_dir: Option<Spanned<String>>,
+    max_body: Option<Spanned<toml::Value>>,
+    signed_max_body: Option<Spanned<toml::Value>>,
+    header_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_ip: Option<Spanned<i64>>,
+    shutdown_grace: Option<Spanned<String>>,
+    journal: Option<Spanned<toml::Value>>,
+    callback: Option<Spanned<RawCallback>>,
+    #[serde(default)]
+    auth: RawAuth,
+    tls: Option<RawTls>,
+    #[serde(default, rename = "handler")]
+    handlers: Vec<Spanned<toml::Table>>,
+    #[serde(default, rename = "hook")]
+    hooks: Vec<Spanned<RawHook>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    #[serde(default = "yes")]
+    enabled: bool,
+    keep_days: Option<u64>,
+    keep_deliveries: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallback {
+    #[serde(default)]
+    enabled: bool,
+    allow: Option<Vec<String>>,
+    timeout: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    target_url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    path: Spanned<String>,
+    provider: Spanned<String>,
+    #[serde(default)]
+    api_keys: Vec<Spanned<String>>,
+    api_keys_file: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_unauthenticated: bool,
+    secret: Option<Spanned<String>>,
+    repo_pointer: Option<Spanned<String>>,
+    tag_pointer: Option<Spanned<String>>,
+    digest_pointer: Option<Spanned<String>>,
+    signature_header: Option<Spanned<String>>,
+    registry: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    api_keys: Vec<Spanned<String>>,
+    api_keys_file: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_unauthenticated: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    acme: Option<RawAcme>,
+}
+
+/// `[tls.acme]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    domains: Vec<String>,
+    email: Option<String>,
+    directory: Option<String>,
+    cache_dir: Option<String>,
+    ca_file: Option<String>,
+    renew_before: Option<String>,
+    check_every: Option<String>,
+}
+
+/// The keys of `shell` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShell {
+    command: Vec<String>,
+    workdir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    output_tail: Option<usize>,
+}
+
+/// The keys of `docker` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    image: String,
+    container: Option<String>,
+    service: Option<String>,
+    #[serde(default)]
+    run_args: Vec<String>,
+    #[serde(default)]
+    command: Vec<String>,
+    stop_timeout: Option<String>,
+    step_timeout: Option<String>,
+    health: Option<String>,
+    health_timeout: Option<String>,
+    #[serde(default)]
+    cleanup: bool,
+    docker: Option<String>,
+    docker_host: Option<String>,
+    strategy: Option<String>,
+    ports: Option<Vec<String>>,
+    upstream_file: Option<String>,
+    reload: Option<Vec<String>>,
+}
+
+/// The keys of `plugin` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    path: String,
+    #[serde(default)]
+    config: toml::Table,
+}
+
+/// The keys of `log` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+}
+
+struct Parser<'a> {
+    file: &'a Path,
+    text: &'a str,
+    /// What is worth saying but not refusing (a key that looks like words).
+    warnings: std::cell::RefCell<Vec<String>>,
+}
+
+mod handler;
+mod hook;
+mod parse;
+#[cfg(test)]
+mod tests;
+mod tls;
+mod words;
+
+use words::{
+    in_words, offending_key, parse_size, type_mismatch_message, without_values, DURATION_KEYS,
+};
