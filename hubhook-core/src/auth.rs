@@ -1,5 +1,6 @@
-//! API keys: the policy a key must meet ([`check_key`]), where a request carries one, and
-//! checking it in constant time.
+//! Authentication: the policy an API key must meet ([`check_key`]), where a request
+//! carries one and checking it in constant time, and the HMAC-SHA256 signatures GitHub
+//! and signed generic hooks send.
 //!
 //! Docker Hub can only send a key in the URL (`?apikey=`), other clients may use
 //! `Authorization: Bearer`. Both are compared as SHA-256 digests with `subtle`, against
@@ -82,6 +83,45 @@ pub fn reads_as_words(key: &str) -> bool {
         && words
             .iter()
             .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
+/// Whether `header` (the value of a signature header) is the HMAC-SHA256 of `body` under
+/// `secret`, as hex, after `sha256=` (required when `prefixed`, as GitHub sends it;
+/// another algorithm's prefix never matches). Compared in constant time.
+pub(crate) fn signature_matches(
+    secret: &str,
+    header: Option<&str>,
+    prefixed: bool,
+    body: &[u8],
+) -> bool {
+    use hmac::{Hmac, Mac};
+    let Some(value) = header else {
+        return false;
+    };
+    let hex = match value.strip_prefix("sha256=") {
+        Some(hex) => hex,
+        None if prefixed || value.contains('=') => return false,
+        None => value,
+    };
+    let Some(given) = decode_hex(hex) else {
+        return false;
+    };
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    // verify_slice compares in constant time.
+    mac.verify_slice(&given).is_ok()
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) || hex.len() > 128 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The set of keys that authenticate a hook. Several may be valid at once, for rotation.

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::dispatch::{Busy, Reservation};
 use crate::handler::DeliveryId;
 use crate::observe::{self, Record};
-use crate::provider::{Claim, Decoded, Provider, Refusal};
+use crate::provider::{Claim, Decoded, Refusal};
 use crate::service::response::{error, is_json, text, unavailable, with_header};
 use crate::service::{HookState, HubhookService};
 use crate::HubMessage;
@@ -105,7 +105,10 @@ impl HubhookService {
         if self.is_draining() {
             return unavailable("shutting down");
         }
-        let messages = match hook.provider.decode(&parts.headers, &bytes) {
+        let messages = match hook
+            .provider
+            .decode(&parts.headers, &bytes, hook.registry.as_deref())
+        {
             Ok(Decoded::Messages(messages)) => messages,
             Ok(Decoded::Ignored(reason)) => {
                 tracing::info!(path = parts.uri.path(), reason, "ignored a webhook");
@@ -120,31 +123,6 @@ impl HubhookService {
                 tracing::info!(path = parts.uri.path(), reason = %reason, "refused a payload");
                 return error(StatusCode::BAD_REQUEST, &reason);
             }
-        };
-        // The registry a message names comes from configuration, never from a payload.
-        let messages = match hook.provider {
-            Provider::Registry => {
-                let mut messages = messages;
-                let before = messages.len();
-                messages.retain_mut(|(msg, _)| match (&hook.registry, msg.registry.take()) {
-                    (Some(host), Some(named)) if named.eq_ignore_ascii_case(host) => {
-                        msg.registry = Some(host.clone());
-                        true
-                    }
-                    (Some(_), _) => false,
-                    (None, _) => true,
-                });
-                if messages.is_empty() && before > 0 {
-                    tracing::info!(
-                        path = parts.uri.path(),
-                        "ignored events for another registry host"
-                    );
-                    let body = serde_json::json!({ "ignored": "every event is for another registry host" });
-                    return text(StatusCode::OK, "application/json", body.to_string());
-                }
-                messages
-            }
-            _ => messages,
         };
         // A registry redelivers an envelope it got no 2xx for: act on each event once.
         let events: Vec<Option<&str>> = messages.iter().map(|(_, e)| e.as_deref()).collect();
