@@ -1,50 +1,178 @@
-//! The crate's error type.
+//! The crate's error type: one opaque [`Error`], hyper-style. What kind of failure it is
+//! is asked with the `is_*` predicates; the cause, when there is one, is its
+//! [`source`](std::error::Error::source); its `Display` says what happened and what to do.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// What can go wrong building or running a listener.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// No API key was given and unauthenticated hooks were not allowed.
-    #[error("no API key configured; add one, or allow unauthenticated hooks explicitly")]
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// What can go wrong building a service or a listener, or running one.
+pub struct Error {
+    kind: Kind,
+    source: Option<Cause>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    /// No API key, and unauthenticated hooks were not allowed.
     NoApiKey,
-    /// An API key is empty or only white space: `?apikey=` with nothing after it would
-    /// authenticate. (A minimum length is the server's policy, not the library's.)
-    #[error(
-        "an API key is empty or only white space; give a real key (`hubhook keygen` makes one)"
-    )]
+    /// An API key is empty or only white space: `?apikey=` would authenticate.
     EmptyApiKey,
-    /// A hook path breaks [`Hook::check_path`](crate::Hook::check_path), or two hooks
-    /// share one: the path and which rule it breaks.
-    #[error("invalid hook path {0:?}: {1}")]
+    /// A hook path breaks `Hook::check_path`, or two hooks share one.
     InvalidPath(String, &'static str),
     /// Two handlers have the same name.
-    #[error("two handlers are named {0:?}; handler names must be unique")]
     DuplicateHandler(String),
     /// The listening socket could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address that was asked for.
-        addr: SocketAddr,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-    /// A TLS certificate or key file could not be read or used.
-    #[error("TLS {what} {path}: {reason}")]
-    Tls {
-        /// `"certificate"` or `"key"`, or `"configuration"` for the pair.
-        what: &'static str,
-        /// The file involved.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    Bind(SocketAddr),
+    /// A TLS file, or the pair, could not be used: which one, the file, what is wrong.
+    Tls(TlsPart, PathBuf, String),
     /// The journal could not be read or written.
-    #[error("journal: {0}")]
-    Journal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Journal,
     /// An I/O error while serving.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+    Io,
+}
+
+/// Which part of a TLS configuration an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsPart {
+    Certificate,
+    Key,
+    Configuration,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind) -> Self {
+        Self { kind, source: None }
+    }
+
+    pub(crate) fn with(mut self, source: impl Into<Cause>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn tls(part: TlsPart, path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Self::new(Kind::Tls(part, path.into(), reason.into()))
+    }
+
+    /// The builder refused its settings: no key, an empty key, a bad or repeated hook
+    /// path, two handlers with one name.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::NoApiKey | Kind::EmptyApiKey | Kind::InvalidPath(..) | Kind::DuplicateHandler(_)
+        )
+    }
+
+    /// The listening address could not be bound (taken, or not this machine's).
+    pub fn is_bind(&self) -> bool {
+        matches!(self.kind, Kind::Bind(_))
+    }
+
+    /// A TLS certificate or key could not be read or used; [`path`](Self::path) names
+    /// the file.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.kind, Kind::Tls(..))
+    }
+
+    /// A TLS error about the private key (not the certificate or the pair).
+    pub fn is_tls_key(&self) -> bool {
+        matches!(self.kind, Kind::Tls(TlsPart::Key, ..))
+    }
+
+    /// The journal could not be read or written.
+    pub fn is_journal(&self) -> bool {
+        matches!(self.kind, Kind::Journal)
+    }
+
+    /// An I/O error while serving.
+    pub fn is_io(&self) -> bool {
+        matches!(self.kind, Kind::Io)
+    }
+
+    /// The file the error is about, when it is about one (a TLS certificate or key).
+    pub fn path(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Tls(_, path, _) if !path.as_os_str().is_empty() => Some(path),
+            _ => None,
+        }
+    }
+
+    /// This TLS error, now about `cert` or `key` (whichever it concerns).
+    pub(crate) fn at_files(self, cert: &Path, key: &Path) -> Self {
+        match self.kind {
+            Kind::Tls(part, _, reason) => {
+                let path = if part == TlsPart::Key { key } else { cert };
+                Self {
+                    kind: Kind::Tls(part, path.to_owned(), reason),
+                    source: self.source,
+                }
+            }
+            _ => self,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::NoApiKey => f.write_str(
+                "no API key configured; add one, or allow unauthenticated hooks explicitly",
+            ),
+            Kind::EmptyApiKey => f.write_str(
+                "an API key is empty or only white space; give a real key (`hubhook keygen` makes one)",
+            ),
+            Kind::InvalidPath(path, problem) => write!(f, "invalid hook path {path:?}: {problem}"),
+            Kind::DuplicateHandler(name) => write!(
+                f,
+                "two handlers are named {name:?}; handler names must be unique"
+            ),
+            Kind::Bind(addr) => match &self.source {
+                Some(cause) => write!(f, "cannot listen on {addr}: {cause}"),
+                None => write!(f, "cannot listen on {addr}"),
+            },
+            Kind::Tls(part, path, reason) => {
+                let what = match part {
+                    TlsPart::Certificate => "certificate",
+                    TlsPart::Key => "key",
+                    TlsPart::Configuration => "configuration",
+                };
+                write!(f, "TLS {what} {}: {reason}", path.display())
+            }
+            Kind::Journal => match &self.source {
+                Some(cause) => write!(f, "journal: {cause}"),
+                None => f.write_str("journal failed"),
+            },
+            Kind::Io => match &self.source {
+                Some(cause) => write!(f, "{cause}"),
+                None => f.write_str("I/O error"),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::new(Kind::Io).with(e)
+    }
 }

@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::error::Kind;
 #[cfg(feature = "tls")]
 use crate::TlsConfig;
 use crate::{Error, HubhookService};
@@ -153,10 +154,7 @@ impl ListenerBuilder {
     pub async fn bind(self) -> Result<Listener, Error> {
         let tcp = TcpListener::bind(self.addr)
             .await
-            .map_err(|source| Error::Bind {
-                addr: self.addr,
-                source,
-            })?;
+            .map_err(|source| Error::new(Kind::Bind(self.addr)).with(source))?;
         let local_addr = tcp.local_addr()?;
         Ok(Listener {
             tcp,

@@ -7,6 +7,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::error::TlsPart;
 use crate::Error;
 
 /// The ALPN protocol of an ACME TLS-ALPN-01 validation (RFC 8737).
@@ -32,40 +33,32 @@ impl TlsConfig {
     /// Errors name the file and say what is wrong with it.
     pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, Error> {
         let (cert, key) = (cert.as_ref(), key.as_ref());
-        let cert_pem = read(cert, "certificate")?;
-        let key_pem = read(key, "key")?;
-        Self::from_pem(&cert_pem, &key_pem).map_err(|e| match e {
-            Error::Tls { what, reason, .. } => Error::Tls {
-                what,
-                path: if what == "key" { key } else { cert }.to_owned(),
-                reason,
-            },
-            other => other,
-        })
+        let cert_pem = read(cert, TlsPart::Certificate)?;
+        let key_pem = read(key, TlsPart::Key)?;
+        Self::from_pem(&cert_pem, &key_pem).map_err(|e| e.at_files(cert, key))
     }
 
     /// Like [`from_pem_files`](Self::from_pem_files), from PEM text in memory.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
-        let fail = |what: &'static str, reason: String| Error::Tls {
-            what,
-            path: PathBuf::new(),
-            reason,
-        };
+        let fail = |part: TlsPart, reason: String| Error::tls(part, PathBuf::new(), reason);
         let certs = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail("certificate", format!("is not valid PEM: {e}")))?;
+            .map_err(|e| fail(TlsPart::Certificate, format!("is not valid PEM: {e}")))?;
         if certs.is_empty() {
-            return Err(fail("certificate", "holds no CERTIFICATE block".into()));
+            return Err(fail(
+                TlsPart::Certificate,
+                "holds no CERTIFICATE block".into(),
+            ));
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|e| fail("key", format!("holds no usable private key: {e}")))?;
+            .map_err(|e| fail(TlsPart::Key, format!("holds no usable private key: {e}")))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| fail("configuration", e.to_string()))?
+            .map_err(|e| fail(TlsPart::Configuration, e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| fail("certificate", format!("does not fit the key: {e}")))?;
+            .map_err(|e| fail(TlsPart::Certificate, format!("does not fit the key: {e}")))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Self {
             config: Arc::new(config),
@@ -83,11 +76,7 @@ impl TlsConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Tls {
-                what: "configuration",
-                path: PathBuf::new(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| Error::tls(TlsPart::Configuration, PathBuf::new(), e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(resolver);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
@@ -101,10 +90,6 @@ impl TlsConfig {
     }
 }
 
-fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Tls {
-        what,
-        path: path.to_owned(),
-        reason: format!("cannot be read: {e}"),
-    })
+fn read(path: &Path, part: TlsPart) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::tls(part, path, format!("cannot be read: {e}")).with(e))
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::auth::ApiKeys;
 use crate::dispatch::{Dispatcher, Route};
+use crate::error::Kind;
 use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::observe::{self, Observer, Observers, Store};
@@ -136,13 +137,13 @@ impl HubhookServiceBuilder {
                 taken.then_some("two hooks have this path")
             });
             if let Some(problem) = problem {
-                return Err(Error::InvalidPath(path.clone(), problem));
+                return Err(Error::new(Kind::InvalidPath(path.clone(), problem)));
             }
             if hook.empty_key {
-                return Err(Error::EmptyApiKey);
+                return Err(Error::new(Kind::EmptyApiKey));
             }
             if hook.keys.is_empty() && !hook.allow_unauthenticated && !hook.provider.is_signed() {
-                return Err(Error::NoApiKey);
+                return Err(Error::new(Kind::NoApiKey));
             }
             if hook.keys.is_empty() && !hook.provider.is_signed() {
                 tracing::warn!(
@@ -154,7 +155,7 @@ impl HubhookServiceBuilder {
         let mut names: Vec<&str> = self.routes.iter().map(Route::name).collect();
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(Error::DuplicateHandler(pair[0].to_owned()));
+            return Err(Error::new(Kind::DuplicateHandler(pair[0].to_owned())));
         }
         let metrics = Arc::new(Metrics::new(names.iter().copied()));
         let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::new(observe::Log), metrics.clone()];

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::dispatch::Resume;
+use crate::error::Kind;
 use crate::handler::DeliveryId;
 use crate::observe::{AttemptFinished, DeliveryStatus, RunStatus, Settled, StoreError, Stored};
 use crate::service::HubhookService;
@@ -34,7 +35,11 @@ impl HubhookService {
             });
         };
         let mut owed = Vec::new();
-        for delivery in store.unfinished().await.map_err(Error::Journal)? {
+        for delivery in store
+            .unfinished()
+            .await
+            .map_err(|e| Error::new(Kind::Journal).with(e))?
+        {
             match HubMessage::from_serialized(delivery.message.as_bytes()) {
                 Ok(msg) => owed.push((delivery, msg)),
                 Err(e) => {

@@ -19,9 +19,9 @@ impl Parser<'_> {
                 let key = resolve(base, key_at.get_ref());
                 // Reading both now turns a typo into a config error instead of a failed start.
                 if let Err(e) = hubhook_core::TlsConfig::from_pem_files(&cert, &key) {
-                    let (span, name) = match &e {
-                        hubhook_core::Error::Tls { what: "key", .. } => (key_at.span(), "tls.key"),
-                        _ => (cert_at.span(), "tls.cert"),
+                    let (span, name) = match e.is_tls_key() {
+                        true => (key_at.span(), "tls.key"),
+                        false => (cert_at.span(), "tls.cert"),
                     };
                     return Err(self.error_at(span, name, e.to_string()));
                 }
