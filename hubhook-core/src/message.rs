@@ -37,6 +37,11 @@ pub const SOURCE_DOCKERHUB: &str = "dockerhub";
 /// what they know ([`source`](Self::source), [`registry`](Self::registry),
 /// [`digest`](Self::digest)). Serializing gives the Docker Hub shape plus those fields.
 ///
+/// A message is valid by construction: every way to make one ([`from_json`](Self::from_json),
+/// [`new`](Self::new), the `with_*` methods, the providers) checks the repository, the tag
+/// and the digest against the image-reference grammar, and its fields are read through
+/// accessors, so no handler needs to check them again.
+///
 /// ```
 /// use hubhook_core::HubMessage;
 ///
@@ -46,7 +51,7 @@ pub const SOURCE_DOCKERHUB: &str = "dockerhub";
 /// assert_eq!(msg.repo(), "acme/site");
 /// assert_eq!(msg.tag(), "v2");
 /// assert_eq!(msg.image(), "acme/site:v2");
-/// assert_eq!(msg.push_data.pushed_at, Some(1417566161));
+/// assert_eq!(msg.pushed_at(), Some(1417566161));
 /// # Ok::<(), hubhook_core::MessageError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -54,19 +59,19 @@ pub const SOURCE_DOCKERHUB: &str = "dockerhub";
 pub struct HubMessage {
     /// Docker Hub's legacy callback URL, if the payload carried one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub callback_url: Option<String>,
+    pub(crate) callback_url: Option<String>,
     /// What was pushed, when and by whom.
-    pub push_data: PushData,
+    pub(crate) push_data: PushData,
     /// The repository that was pushed to.
-    pub repository: Repository,
+    pub(crate) repository: Repository,
     /// Which provider produced this message (`"dockerhub"` for Docker Hub payloads).
-    pub source: String,
+    pub(crate) source: String,
     /// The registry host (`"127.0.0.1:5000"`, `"ghcr.io"`), or `None` for Docker Hub.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub registry: Option<String>,
+    pub(crate) registry: Option<String>,
     /// The pushed manifest's digest (`sha256:...`), when the provider knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
+    pub(crate) digest: Option<String>,
     #[serde(skip)]
     pub(crate) raw: String,
 }
@@ -201,7 +206,7 @@ impl HubMessage {
     }
 
     /// Builds a message for `repository:tag` from another source, validated like a decoded
-    /// one. Fill in the other public fields as the source knows them.
+    /// one. Add what the source knows with the `with_*` methods.
     ///
     /// ```
     /// let msg = hubhook_core::HubMessage::new("127.0.0.1:5000/site", "v2")?;
@@ -232,10 +237,7 @@ impl HubMessage {
     }
 
     /// Checks the fields that later code acts on against the image-reference grammar.
-    /// Call it again after changing [`repository`](Self::repository),
-    /// [`push_data`](Self::push_data) `.tag`, [`registry`](Self::registry) or
-    /// [`digest`](Self::digest) by hand.
-    pub fn validate(&self) -> Result<(), MessageError> {
+    pub(crate) fn validate(&self) -> Result<(), MessageError> {
         reference::check_name(&self.full_name()).map_err(|e| repo_error(&self.full_name(), e))?;
         reference::check_tag(&self.push_data.tag).map_err(|reason| MessageError::Tag {
             tag: truncate(&self.push_data.tag, 64),
@@ -279,6 +281,67 @@ impl HubMessage {
     /// Keeps `body` as the raw JSON this message came from.
     pub(crate) fn set_raw(&mut self, body: &[u8]) {
         self.raw = String::from_utf8_lossy(body).into_owned();
+    }
+
+    /// The same message, pushed as the manifest `digest` (`sha256:…`); refused unless it
+    /// is `algorithm:hex`.
+    pub fn with_digest(mut self, digest: &str) -> Result<Self, MessageError> {
+        self.digest = Some(digest.to_owned());
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The same message, pushed by `pusher`.
+    pub fn with_pusher(mut self, pusher: impl Into<String>) -> Self {
+        self.push_data.pusher = Some(pusher.into());
+        self
+    }
+
+    /// The same message, pushed at `seconds` since the Unix epoch.
+    pub fn with_pushed_at(mut self, seconds: i64) -> Self {
+        self.push_data.pushed_at = Some(seconds);
+        self
+    }
+
+    /// Docker Hub's legacy callback URL, if the payload carried one.
+    pub fn callback_url(&self) -> Option<&str> {
+        self.callback_url.as_deref()
+    }
+
+    /// What was pushed, when and by whom, as the payload said.
+    pub fn push_data(&self) -> &PushData {
+        &self.push_data
+    }
+
+    /// The repository that was pushed to, as the payload said.
+    pub fn repository(&self) -> &Repository {
+        &self.repository
+    }
+
+    /// Which provider produced this message: `"dockerhub"`, `"registry"`, `"github"`,
+    /// `"generic"`, or `"custom"` for one built with [`new`](Self::new).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The registry host (`"127.0.0.1:5000"`, `"ghcr.io"`), or `None` for Docker Hub.
+    pub fn registry(&self) -> Option<&str> {
+        self.registry.as_deref()
+    }
+
+    /// The pushed manifest's digest (`sha256:…`), when the provider knows it.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// Who pushed, when the provider says.
+    pub fn pusher(&self) -> Option<&str> {
+        self.push_data.pusher.as_deref()
+    }
+
+    /// When the push happened, in seconds since the Unix epoch, when the provider says.
+    pub fn pushed_at(&self) -> Option<i64> {
+        self.push_data.pushed_at
     }
 
     /// The repository as `docker pull` names it: the registry host in front when known

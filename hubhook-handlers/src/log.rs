@@ -67,7 +67,7 @@ impl LogHandler {
     pub fn line(&self, msg: &HubMessage, ctx: &Context) -> String {
         match self.format {
             LogFormat::Text => {
-                let pusher = msg.push_data.pusher.as_deref().unwrap_or("unknown");
+                let pusher = msg.pusher().unwrap_or("unknown");
                 let pusher_plain = !pusher.is_empty()
                     && pusher
                         .chars()
@@ -81,7 +81,7 @@ impl LogHandler {
                     "push {} by {pusher} (delivery {}, source {})",
                     msg.image(),
                     ctx.delivery(),
-                    msg.source
+                    msg.source()
                 )
             }
             LogFormat::Json => serde_json::json!({
@@ -89,10 +89,10 @@ impl LogHandler {
                 "repo": msg.repo(),
                 "tag": msg.tag(),
                 "image": msg.image(),
-                "pusher": msg.push_data.pusher,
-                "pushed_at": msg.push_data.pushed_at,
+                "pusher": msg.pusher(),
+                "pushed_at": msg.pushed_at(),
                 "delivery": ctx.delivery().as_str(),
-                "source": msg.source,
+                "source": msg.source(),
             })
             .to_string(),
         }

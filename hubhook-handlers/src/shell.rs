@@ -166,31 +166,24 @@ impl ShellHandler {
 /// The `HUBHOOK_*` environment for `msg`: every variable is set for every provider, empty
 /// when the provider does not say (see the table on [`ShellHandler`]).
 pub(crate) fn payload_env(msg: &HubMessage, ctx: &Context) -> Vec<(&'static str, String)> {
-    let or_empty = |value: Option<&String>| value.cloned().unwrap_or_default();
+    let or_empty = |value: Option<&str>| value.unwrap_or_default().to_owned();
     vec![
         ("HUBHOOK_REPO", msg.repo().to_owned()),
         ("HUBHOOK_TAG", msg.tag().to_owned()),
         ("HUBHOOK_IMAGE", msg.image()),
         ("HUBHOOK_DELIVERY", ctx.delivery().to_string()),
         ("HUBHOOK_ATTEMPT", ctx.attempt().to_string()),
-        ("HUBHOOK_SOURCE", printable(&msg.source)),
+        ("HUBHOOK_SOURCE", printable(msg.source())),
         (
             "HUBHOOK_PUSHER",
-            msg.push_data
-                .pusher
-                .as_deref()
-                .map(printable)
-                .unwrap_or_default(),
+            msg.pusher().map(printable).unwrap_or_default(),
         ),
         (
             "HUBHOOK_PUSHED_AT",
-            msg.push_data
-                .pushed_at
-                .map(|at| at.to_string())
-                .unwrap_or_default(),
+            msg.pushed_at().map(|at| at.to_string()).unwrap_or_default(),
         ),
-        ("HUBHOOK_REGISTRY", or_empty(msg.registry.as_ref())),
-        ("HUBHOOK_DIGEST", or_empty(msg.digest.as_ref())),
+        ("HUBHOOK_REGISTRY", or_empty(msg.registry())),
+        ("HUBHOOK_DIGEST", or_empty(msg.digest())),
     ]
 }
 

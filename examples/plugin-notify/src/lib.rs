@@ -65,9 +65,9 @@ impl Handler for Notify {
             "image": msg.image(),
             "repo": msg.repo(),
             "tag": msg.tag(),
-            "pusher": msg.push_data.pusher,
+            "pusher": msg.pusher(),
             "delivery": ctx.delivery().as_str(),
-            "source": msg.source,
+            "source": msg.source(),
         })
         .to_string();
         let request = format!(

@@ -45,7 +45,7 @@ async fn valid_post_is_accepted_and_dispatched() {
         assert_eq!(seen, delivery, "the handler sees the answered delivery id");
         assert_eq!(msg.repo(), "svendowideit/testhook");
         assert_eq!(msg.tag(), "latest");
-        assert_eq!(msg.push_data.pusher.as_deref(), Some("trustedbuilder"));
+        assert_eq!(msg.pusher(), Some("trustedbuilder"));
 
         // Bearer header, and the second (rotated) key, work as well.
         let r = server

@@ -79,7 +79,8 @@ fn respond(runtime: &tokio::runtime::Runtime, service: &HubhookService, body: Ve
 
 fn check_decoded(msg: &HubMessage) {
     // Whatever was accepted is valid by the grammar, and says so again.
-    msg.validate().expect("accepted messages validate");
+    let again = HubMessage::new(&msg.full_name(), msg.tag()).expect("accepted messages validate");
+    assert_eq!(again.image(), format!("{}:{}", msg.full_name(), msg.tag()));
     assert!(!msg.repo().is_empty());
     assert!(!msg.image().contains(char::is_whitespace));
 }
@@ -167,14 +168,13 @@ fn documented_example_and_its_variants() {
     assert_eq!(msg.repo(), "svendowideit/testhook");
     assert_eq!(msg.tag(), "latest");
     assert_eq!(msg.image(), "svendowideit/testhook:latest");
-    assert_eq!(msg.push_data.pushed_at, Some(1417566161));
-    assert_eq!(msg.repository.date_created, Some(1417494799));
-    assert_eq!(msg.repository.is_private, Some(true));
-    assert_eq!(msg.repository.star_count, Some(0));
-    assert_eq!(msg.source, "dockerhub");
+    assert_eq!(msg.pushed_at(), Some(1417566161));
+    assert_eq!(msg.repository().date_created, Some(1417494799));
+    assert_eq!(msg.repository().is_private, Some(true));
+    assert_eq!(msg.repository().star_count, Some(0));
+    assert_eq!(msg.source(), "dockerhub");
     assert!(msg
-        .callback_url
-        .as_deref()
+        .callback_url()
         .unwrap_or("")
         .starts_with("https://registry.hub.docker.com/"));
     assert_eq!(msg.raw_json(), hubhook_core::message::EXAMPLE_PAYLOAD);
@@ -194,15 +194,16 @@ fn documented_example_and_its_variants() {
         "namespace/name when repo_name is absent"
     );
     assert_eq!(msg.tag(), "latest", "a missing tag means latest");
-    assert_eq!(msg.push_data.pushed_at, Some(1417566161));
-    assert_eq!(msg.repository.date_created, Some(1417494799));
-    assert_eq!(msg.push_data.images, ["27d47432a69b", "51a9c7c1f8bb"]);
-    assert_eq!(msg.repository.star_count, Some(7));
+    assert_eq!(msg.pushed_at(), Some(1417566161));
+    assert_eq!(msg.repository().date_created, Some(1417494799));
+    assert_eq!(msg.push_data().images, ["27d47432a69b", "51a9c7c1f8bb"]);
+    assert_eq!(msg.repository().star_count, Some(7));
     assert_eq!(
-        msg.repository.comment_count, None,
+        msg.repository().comment_count,
+        None,
         "a count that is no number is dropped"
     );
-    assert_eq!(msg.repository.is_private, Some(true));
+    assert_eq!(msg.repository().is_private, Some(true));
 
     // The serialized form is Docker Hub's shape again.
     let out: Value = serde_json::to_value(&msg).expect("serializes");

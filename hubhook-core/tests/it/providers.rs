@@ -98,14 +98,14 @@ async fn registry_envelopes_act_on_tagged_manifest_pushes_only() {
     tags.sort();
     assert_eq!(tags, ["latest", "v2"]);
     assert_eq!(
-        first.registry.as_deref(),
+        first.registry(),
         Some("127.0.0.1:5000"),
         "image = the hook's registry + repository"
     );
     assert_eq!(first.repo(), "team/site");
-    assert_eq!(first.digest.as_deref(), Some(DIGEST));
+    assert_eq!(first.digest(), Some(DIGEST));
     assert_eq!(first.image(), format!("127.0.0.1:5000/team/site@{DIGEST}"));
-    assert_eq!(first.source, "registry");
+    assert_eq!(first.source(), "registry");
 
     // Blob-only, pull, unknown action, missing tag: answered 2xx, nothing runs.
     for (events, why) in [
@@ -224,7 +224,7 @@ async fn github_package_events_need_a_valid_signature() {
     let (msg, _) = next(&mut rx).await;
     assert_eq!(msg.image(), format!("ghcr.io/acme/site@{DIGEST}"));
     assert_eq!(msg.tag(), "v2");
-    assert_eq!(msg.push_data.pusher.as_deref(), Some("alice"));
+    assert_eq!(msg.pusher(), Some("alice"));
 
     let mut changed = body.clone();
     let last = changed.len() - 2;
@@ -291,10 +291,10 @@ async fn generic_json_by_pointers_with_an_optional_signature() {
         .await;
     assert_eq!(r.status, 202, "{r:?}");
     let (msg, _) = next(&mut rx).await;
-    assert_eq!(msg.registry.as_deref(), Some("registry.example.com:5000"));
+    assert_eq!(msg.registry(), Some("registry.example.com:5000"));
     assert_eq!(msg.repo(), "team/api");
     assert_eq!(msg.tag(), "1.4.2");
-    assert_eq!(msg.source, "generic");
+    assert_eq!(msg.source(), "generic");
     let r = server
         .post(
             &format!("/ci?apikey={KEY}"),

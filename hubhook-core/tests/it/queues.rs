@@ -55,7 +55,7 @@ impl Handler for Probe {
     async fn handle(&self, msg: &HubMessage, ctx: &Context) -> Result<Outcome, HandlerError> {
         let _ = self.tx.send(Seen {
             delivery: ctx.delivery().to_string(),
-            pusher: msg.push_data.pusher.clone().unwrap_or_default(),
+            pusher: msg.pusher().map(str::to_owned).unwrap_or_default(),
             attempt: ctx.attempt(),
             at: Instant::now(),
         });

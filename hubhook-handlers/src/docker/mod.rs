@@ -283,11 +283,10 @@ impl DockerHandler {
     }
 
     /// What to deploy for `msg`, or why not: the configured repository with the pushed
-    /// tag (or digest), once every payload value has passed the grammar again.
+    /// tag (or digest). A `HubMessage` is valid by construction, so its values have
+    /// passed the image-reference grammar already.
     pub fn reference_for(&self, msg: &HubMessage) -> Result<String, HandlerError> {
-        msg.validate()
-            .map_err(|e| HandlerError::Rejected(format!("refusing the payload: {e}")))?;
-        let pushed = match &msg.registry {
+        let pushed = match msg.registry() {
             Some(host) => format!("{host}/{}", msg.repo()),
             None => msg.repo().to_owned(),
         };
@@ -305,7 +304,7 @@ impl DockerHandler {
                 self.tag.as_str()
             )));
         }
-        Ok(match &msg.digest {
+        Ok(match msg.digest() {
             Some(digest) => format!("{}@{digest}", self.image),
             None => format!("{}:{tag}", self.image),
         })
@@ -325,8 +324,8 @@ impl DockerHandler {
     ) -> Result<String, HandlerError> {
         let tagged = format!("{}:{}", self.image, msg.tag());
         let digests = self.pulled_digests(&tagged, ctx).await?;
-        let digest = match &msg.digest {
-            Some(digest) if digests.contains(digest) => digest,
+        let digest = match msg.digest() {
+            Some(digest) if digests.iter().any(|d| d == digest) => digest,
             Some(digest) => {
                 return Err(HandlerError::Rejected(format!(
                     "{tagged} does not point to the pushed digest {digest} (a newer push won, or \
