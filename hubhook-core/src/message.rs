@@ -173,16 +173,6 @@ pub enum MessageError {
 }
 
 impl HubMessage {
-    /// Decodes and validates a Docker Hub webhook body.
-    ///
-    /// Timestamps may be integers, floats or numeric strings; counts may be numbers or
-    /// strings; unknown fields and fields of an unexpected type are ignored. A missing tag
-    /// means `latest`. The repository name is `repository.repo_name`, or
-    /// `namespace/name` when that is absent.
-    pub fn from_json(body: &[u8]) -> Result<Self, MessageError> {
-        crate::provider::dockerhub::decode(body)
-    }
-
     /// Decodes what serializing a `HubMessage` produced: the Docker Hub shape plus
     /// `source`, `registry` and `digest`, validated like any message.
     ///

@@ -10,8 +10,22 @@ use serde_json::Value;
 use crate::message::{HubMessage, MessageError, PushData, Repository, SOURCE_DOCKERHUB};
 use crate::reference::split_registry;
 
-/// Decodes and validates a Docker Hub webhook body (see [`HubMessage::from_json`]).
-pub(crate) fn decode(body: &[u8]) -> Result<HubMessage, MessageError> {
+// `HubMessage::from_json` is defined here, beside the wire format it reads, so that the
+// message type does not depend on a provider.
+impl HubMessage {
+    /// Decodes and validates a Docker Hub webhook body.
+    ///
+    /// Timestamps may be integers, floats or numeric strings; counts may be numbers or
+    /// strings; unknown fields and fields of an unexpected type are ignored. A missing tag
+    /// means `latest`. The repository name is `repository.repo_name`, or
+    /// `namespace/name` when that is absent.
+    pub fn from_json(body: &[u8]) -> Result<Self, MessageError> {
+        decode(body)
+    }
+}
+
+/// Decodes and validates a Docker Hub webhook body.
+fn decode(body: &[u8]) -> Result<HubMessage, MessageError> {
     // Borrowed slices of the body for the fields hubhook reads; everything else is
     // skipped without being built. Each field is then read for what it can be.
     if !body.trim_ascii_start().starts_with(b"{") {

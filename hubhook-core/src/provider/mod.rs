@@ -11,7 +11,7 @@
 //! returned, exactly like a Docker Hub payload.
 
 mod dedup;
-pub(crate) mod dockerhub;
+mod dockerhub;
 mod generic;
 mod github;
 mod registry;
