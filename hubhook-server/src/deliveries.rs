@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::error::Error;
 use hubhook_core::journal::{Accepted, Filter, History, Journal};
 use hubhook_core::DeliveryId;
 use hubhook_core::RunStatus;
@@ -13,8 +14,8 @@ use crate::control;
 /// The journal's file in the data dir.
 pub(crate) const JOURNAL_FILE: &str = "journal.sqlite";
 
-fn history(data_dir: &Path) -> Result<History, String> {
-    History::open(data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())
+fn history(data_dir: &Path) -> Result<History, Error> {
+    Ok(History::open(data_dir.join(JOURNAL_FILE))?)
 }
 
 /// A time as `2026-11-26T10:02:03Z`; a value outside years 1970 to 9999 (a journal
@@ -29,8 +30,8 @@ fn when(ms: i64) -> String {
 }
 
 /// `hubhook deliveries list`: newest first, one line each.
-pub(crate) fn list(data_dir: &Path, filter: &Filter) -> Result<(), String> {
-    let list = history(data_dir)?.list(filter).map_err(|e| e.to_string())?;
+pub(crate) fn list(data_dir: &Path, filter: &Filter) -> Result<(), Error> {
+    let list = history(data_dir)?.list(filter)?;
     println!(
         "{:<26}  {:<20}  {:<10}  {:<9}  {:<40}  HANDLERS",
         "ID", "RECEIVED", "STATUS", "SOURCE", "IMAGE"
@@ -50,10 +51,9 @@ pub(crate) fn list(data_dir: &Path, filter: &Filter) -> Result<(), String> {
 }
 
 /// `hubhook deliveries show ID`: the message's summary and every attempt.
-pub(crate) fn show(data_dir: &Path, id: DeliveryId) -> Result<(), String> {
+pub(crate) fn show(data_dir: &Path, id: DeliveryId) -> Result<(), Error> {
     let (d, message, attempts) = history(data_dir)?
-        .show(id)
-        .map_err(|e| e.to_string())?
+        .show(id)?
         .ok_or_else(|| format!("no delivery {id} in the journal"))?;
     let msg: serde_json::Value = serde_json::from_str(&message).unwrap_or_default();
     let field = |pointer: &str| {
@@ -102,22 +102,20 @@ pub(crate) fn show(data_dir: &Path, id: DeliveryId) -> Result<(), String> {
 
 /// `hubhook deliveries replay ID`: through the running server when there is one, or
 /// journaled for the next start when there is none.
-pub(crate) async fn replay(data_dir: &Path, id: DeliveryId) -> Result<(), String> {
+pub(crate) async fn replay(data_dir: &Path, id: DeliveryId) -> Result<(), Error> {
     if let Some(new) = control::replay(data_dir, id).await? {
         println!("replaying {id} as delivery {new}");
         return Ok(());
     }
     // No server: take the journal (its lock keeps a starting server out meanwhile) and
     // record a new delivery that the next start will run.
-    let journal = Journal::open(data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+    let journal = Journal::open(data_dir.join(JOURNAL_FILE))?;
     let old = journal
         .get(id)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .ok_or_else(|| format!("no delivery {id} in the journal"))?;
     let summary = history(data_dir)?
-        .show(id)
-        .map_err(|e| e.to_string())?
+        .show(id)?
         .map(|(s, _, _)| s)
         .ok_or_else(|| format!("no delivery {id} in the journal"))?;
     let new = DeliveryId::generate();
@@ -132,8 +130,7 @@ pub(crate) async fn replay(data_dir: &Path, id: DeliveryId) -> Result<(), String
             &summary.repo,
             &summary.tag,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     println!("no server is running: {id} is journaled again as delivery {new}; it runs when `hubhook serve` starts");
     Ok(())
 }

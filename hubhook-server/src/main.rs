@@ -10,6 +10,7 @@ mod acme;
 mod config;
 mod control;
 mod deliveries;
+mod error;
 mod keys;
 mod preflight;
 mod send;
@@ -26,6 +27,7 @@ use hubhook_core::journal::Filter;
 use hubhook_core::{DeliveryId, DeliveryStatus};
 
 use crate::config::{Config, DEFAULT_DATA_DIR};
+use crate::error::Error;
 
 /// Receive container-registry webhooks (Docker Hub and others) and act on them: log the
 /// push, run a script, redeploy a container.
@@ -153,25 +155,29 @@ enum DeliveriesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let done = init_logging().and_then(|()| match cli.command {
-        Command::Serve { config, listen } => on_runtime(serve::serve(config, listen)),
-        Command::Check { config } => check(&config),
-        Command::Deliveries {
-            config,
-            data_dir,
-            action,
-        } => deliveries_command(config, data_dir, action),
-        Command::Tls(TlsCommand::SelfSigned { hosts, out }) => tls::self_signed(&hosts, &out),
-        Command::Keygen => keys::generate()
-            .map(|key| println!("{key}"))
-            .map_err(|e| format!("cannot make a key: {e}")),
-        Command::Send {
-            url,
-            file,
-            key,
-            cacert,
-        } => on_runtime(send_command(url, file, key, cacert)),
-    });
+    let done = init_logging()
+        .map_err(Error::from)
+        .and_then(|()| match cli.command {
+            Command::Serve { config, listen } => on_runtime(serve::serve(config, listen)),
+            Command::Check { config } => check(&config),
+            Command::Deliveries {
+                config,
+                data_dir,
+                action,
+            } => deliveries_command(config, data_dir, action),
+            Command::Tls(TlsCommand::SelfSigned { hosts, out }) => {
+                tls::self_signed(&hosts, &out).map_err(Error::from)
+            }
+            Command::Keygen => keys::generate()
+                .map(|key| println!("{key}"))
+                .map_err(|e| Error::from(format!("cannot make a key: {e}"))),
+            Command::Send {
+                url,
+                file,
+                key,
+                cacert,
+            } => on_runtime(send_command(url, file, key, cacert)),
+        });
     match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -182,8 +188,8 @@ fn main() -> ExitCode {
 }
 
 /// `hubhook check`: the file, then what `serve` will need; a summary on stdout.
-fn check(file: &Path) -> Result<(), String> {
-    let config = Config::load(file).map_err(|e| e.to_string())?;
+fn check(file: &Path) -> Result<(), Error> {
+    let config = Config::load(file)?;
     let checked = preflight::check(&config)?;
     let names: Vec<String> = config
         .handlers
@@ -222,11 +228,11 @@ fn deliveries_command(
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     action: DeliveriesCommand,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let data_dir = match (data_dir, config) {
         (Some(dir), _) => dir,
         // Only the data dir: no plugin is loaded, no TLS or key file read.
-        (None, Some(file)) => config::data_dir_of(&file).map_err(|e| e.to_string())?,
+        (None, Some(file)) => config::data_dir_of(&file)?,
         (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
     };
     match action {
@@ -257,7 +263,7 @@ async fn send_command(
     file: Option<PathBuf>,
     key: Option<String>,
     cacert: Option<PathBuf>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let body = match &file {
         Some(path) => {
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -270,7 +276,7 @@ async fn send_command(
     if answer.status.is_success() {
         Ok(())
     } else {
-        Err(format!("the hook answered {}", answer.status))
+        Err(format!("the hook answered {}", answer.status).into())
     }
 }
 
@@ -282,7 +288,7 @@ fn status_words() -> impl clap::builder::TypedValueParser<Value = DeliveryStatus
 }
 
 /// Runs `work` on a runtime.
-fn on_runtime(work: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+fn on_runtime(work: impl std::future::Future<Output = Result<(), Error>>) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

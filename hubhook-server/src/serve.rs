@@ -13,6 +13,7 @@ use hubhook_handlers::{DockerHandler, LogHandler, ShellHandler};
 
 use crate::config::{Config, HandlerKind, HandlerSpec, TlsFiles};
 use crate::deliveries::JOURNAL_FILE;
+use crate::error::Error;
 use crate::{acme, control, keys, preflight};
 
 /// The generated key of a start without a file, and whether to print it in full.
@@ -26,7 +27,7 @@ struct Announce {
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-pub(crate) async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
+pub(crate) async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), Error> {
     // From here on SIGTERM and SIGINT mean a graceful stop, also while starting.
     let stop = shutdown_signal().map_err(|e| format!("cannot watch for signals: {e}"))?;
     let (config, announce) = load(file, listen)?;
@@ -48,7 +49,7 @@ pub(crate) async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> 
     announce_start(&config, &service, &listener, announce);
     let served = listener.serve_with_shutdown(stop).await;
     finish_swaps(&config).await;
-    served.map_err(|e| e.to_string())
+    Ok(served?)
 }
 
 /// The configuration (the file's, or the defaults with a generated key), checked as
@@ -56,9 +57,9 @@ pub(crate) async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> 
 fn load(
     file: Option<PathBuf>,
     listen: Option<SocketAddr>,
-) -> Result<(Config, Option<Announce>), String> {
+) -> Result<(Config, Option<Announce>), Error> {
     let mut config = match &file {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        Some(path) => Config::load(path)?,
         None => Config::defaults(),
     };
     for warning in &config.warnings {
@@ -73,8 +74,7 @@ fn load(
     // With no file, the server looks after its own key; with a file, the file says.
     let mut announce = None;
     if config.file.is_none() {
-        let (key, path, _made_now) =
-            keys::load_or_create(&config.data_dir).map_err(|e| e.to_string())?;
+        let (key, path, _made_now) = keys::load_or_create(&config.data_dir)?;
         // The full URL is shown until one start got as far as printing it: a first
         // start that failed (a taken port) must not lose it.
         let shown = path.with_file_name(keys::SHOWN_FILE);
@@ -91,7 +91,7 @@ fn load(
 }
 
 /// The journal in the data dir (made 0700), or `None` with a warning when it is off.
-fn open_journal(config: &Config) -> Result<Option<Arc<Journal>>, String> {
+fn open_journal(config: &Config) -> Result<Option<Arc<Journal>>, Error> {
     if !config.journal {
         tracing::warn!("journal = false: accepted deliveries are kept in memory only, and a restart or a crash loses those not yet run");
         return Ok(None);
@@ -115,12 +115,12 @@ fn open_journal(config: &Config) -> Result<Option<Arc<Journal>>, String> {
             );
         }
     }
-    let journal = Journal::open(config.data_dir.join(JOURNAL_FILE)).map_err(|e| e.to_string())?;
+    let journal = Journal::open(config.data_dir.join(JOURNAL_FILE))?;
     Ok(Some(Arc::new(journal)))
 }
 
 /// The service: the hooks, the handlers' routes, the journal and the callback.
-fn build_service(config: &Config, journal: Option<Arc<Journal>>) -> Result<HubhookService, String> {
+fn build_service(config: &Config, journal: Option<Arc<Journal>>) -> Result<HubhookService, Error> {
     let mut builder = HubhookService::builder()
         .max_body(config.max_body)
         .signed_max_body(config.signed_max_body);
@@ -162,11 +162,11 @@ fn build_service(config: &Config, journal: Option<Arc<Journal>>) -> Result<Hubho
         }
         builder = builder.callbacks(callbacks);
     }
-    builder.build().map_err(|e| e.to_string())
+    Ok(builder.build()?)
 }
 
 /// The listener on the configured address, with its limits and TLS (from files or ACME).
-async fn bind(config: &Config, service: &HubhookService) -> Result<Listener, String> {
+async fn bind(config: &Config, service: &HubhookService) -> Result<Listener, Error> {
     let mut listener = Listener::builder(service.clone())
         .addr(config.listen)
         .header_timeout(config.header_timeout)
@@ -175,24 +175,22 @@ async fn bind(config: &Config, service: &HubhookService) -> Result<Listener, Str
         .shutdown_grace(config.shutdown_grace);
     match &config.tls {
         Some(TlsFiles::Files { cert, key }) => {
-            listener =
-                listener.tls(TlsConfig::from_pem_files(cert, key).map_err(|e| e.to_string())?);
+            listener = listener.tls(TlsConfig::from_pem_files(cert, key)?);
         }
         Some(TlsFiles::Acme(spec)) => {
             let certificates = acme::start(spec.clone())?;
-            listener =
-                listener.tls(TlsConfig::from_resolver(certificates).map_err(|e| e.to_string())?);
+            listener = listener.tls(TlsConfig::from_resolver(certificates)?);
         }
         None => {}
     }
-    listener.bind().await.map_err(|e| e.to_string())
+    Ok(listener.bind().await?)
 }
 
 /// Runs again, in the background, what a previous process left unfinished (at least
 /// once). Read before the first request is accepted, run while serving: waiting for room
 /// in a busy queue must not hold /healthz or a signal.
-async fn recover(service: &HubhookService) -> Result<(), String> {
-    let recovery = service.recovery().await.map_err(|e| e.to_string())?;
+async fn recover(service: &HubhookService) -> Result<(), Error> {
+    let recovery = service.recovery().await?;
     if !recovery.is_empty() {
         tokio::spawn(async move {
             let owed = recovery.len();

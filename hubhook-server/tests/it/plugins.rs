@@ -488,13 +488,15 @@ fn the_rust_plugin_in_plugins_md_builds_and_runs_as_written() {
         ),
     );
     dir.write("hello/src/lib.rs", &source);
-    // The workspace's lock, so that the plugin builds with versions already on this
-    // machine; cargo trims it to what the plugin needs.
+    // The other test plugins' lock and target dir, so that the plugin builds with what is
+    // compiled already (hubhook-core and its dependencies); cargo trims the lock to what
+    // this plugin needs.
     std::fs::copy(
-        root().join("Cargo.lock"),
+        root().join("hubhook-server/tests/plugins/misbehave/Cargo.lock"),
         dir.path().join("hello/Cargo.lock"),
     )
     .expect("lock");
+    plugins();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut words = step3.split_whitespace();
     assert_eq!(words.next(), Some("cargo"));
@@ -502,7 +504,7 @@ fn the_rust_plugin_in_plugins_md_builds_and_runs_as_written() {
         .args(words)
         .current_dir(dir.path().join("hello"))
         // Shared with the other test plugins, so hubhook-core is compiled once.
-        .env("CARGO_TARGET_DIR", out_dir().join("docs"))
+        .env("CARGO_TARGET_DIR", out_dir())
         .output()
         .expect("run cargo");
     assert!(
@@ -510,7 +512,7 @@ fn the_rust_plugin_in_plugins_md_builds_and_runs_as_written() {
         "{step3} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lib = out_dir().join("docs/release/libhello.so");
+    let lib = out_dir().join("release/libhello.so");
     assert!(lib.exists(), "step 3 promises target/release/libhello.so");
 
     let handler = handler.replace("/usr/lib/hubhook/libhello.so", &lib.display().to_string());
