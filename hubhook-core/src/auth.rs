@@ -30,7 +30,7 @@ pub enum KeyProblem {
 impl std::fmt::Display for KeyProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Placeholder => f.write_str("this is a placeholder: put a key here; `hubhook keygen` makes one"),
+            Self::Placeholder => f.write_str("still the placeholder (a value in <angle brackets>, or dots), not a key: put a key here; `hubhook keygen` makes one"),
             Self::TooShort => write!(f, "an API key must be at least {MIN_KEY_LEN} characters; `hubhook keygen` makes a good one"),
             Self::NotUrlSafe => f.write_str("an API key may hold only letters, digits, '-', '_', '.' and '~' (it travels in a URL); `hubhook keygen` makes one"),
         }

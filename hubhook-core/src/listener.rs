@@ -246,6 +246,8 @@ impl Listener {
         let requests = TaskTracker::new();
         // Cancelled once the handlers are done: then open connections close.
         let close = CancellationToken::new();
+        // Cancelled when connections have had their time to close: the rest are dropped.
+        let kill = CancellationToken::new();
         let limit = Arc::new(Semaphore::new(settings.max_connections));
         let peers = Arc::new(Peers::default());
 
@@ -280,6 +282,7 @@ impl Listener {
                 settings: settings.clone(),
                 requests: requests.clone(),
                 close: close.clone(),
+                kill: kill.clone(),
             };
             connections.spawn(async move {
                 conn.serve(stream, peer).await;
@@ -318,6 +321,9 @@ impl Listener {
                 open = connections.len(),
                 "connections still open after shutdown; dropping them"
             );
+            kill.cancel();
+            // Each drops its connection (and any request still in it) at once.
+            let _ = tokio::time::timeout(CLOSE_WAIT, connections.wait()).await;
         }
         tracing::info!("shut down");
         Ok(())
@@ -380,6 +386,8 @@ struct Connection {
     requests: TaskTracker,
     /// Cancelled when the listener has finished its shutdown: the connection closes.
     close: CancellationToken,
+    /// Cancelled when the connection has had its time to close: it is dropped.
+    kill: CancellationToken,
 }
 
 impl Connection {
@@ -486,6 +494,7 @@ impl Connection {
                         conn.as_mut().graceful_shutdown();
                     }
                 }
+                () = self.kill.cancelled() => break Ok(()),
                 () = self.close.cancelled(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();

@@ -54,7 +54,7 @@ pub const SOURCE_DOCKERHUB: &str = "dockerhub";
 /// assert_eq!(msg.pushed_at(), Some(1417566161));
 /// # Ok::<(), hubhook_core::MessageError>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct HubMessage {
     /// Docker Hub's legacy callback URL, if the payload carried one.
@@ -173,6 +173,20 @@ pub enum MessageError {
 }
 
 impl HubMessage {
+    /// A message with nothing in it, for the crate to fill in and validate; not public,
+    /// so that no caller holds an invalid message.
+    pub(crate) fn empty() -> Self {
+        Self {
+            callback_url: None,
+            push_data: PushData::default(),
+            repository: Repository::default(),
+            source: String::new(),
+            registry: None,
+            digest: None,
+            raw: String::new(),
+        }
+    }
+
     /// Decodes what serializing a `HubMessage` produced: the Docker Hub shape plus
     /// `source`, `registry` and `digest`, validated like any message.
     ///
@@ -220,7 +234,7 @@ impl HubMessage {
             },
             source: "custom".to_owned(),
             registry: registry.map(str::to_owned),
-            ..HubMessage::default()
+            ..HubMessage::empty()
         };
         msg.validate()?;
         Ok(msg)

@@ -53,7 +53,15 @@ pub(super) fn decode(body: &[u8], registry: Option<&str>) -> Result<Decoded, Ref
             )),
         }
     }
-    if let Some(host) = registry {
+    let Some(host) = registry else {
+        // No configured host: the message names none. The event's `request.host` is the
+        // pusher's Host header, which the sender chooses.
+        for (msg, _) in &mut messages {
+            msg.registry = None;
+        }
+        return finish(messages, skipped);
+    };
+    {
         let before = messages.len();
         messages.retain_mut(|(msg, _)| match msg.registry.take() {
             Some(named) if named.eq_ignore_ascii_case(host) => {
@@ -68,6 +76,14 @@ pub(super) fn decode(body: &[u8], registry: Option<&str>) -> Result<Decoded, Ref
             ));
         }
     }
+    finish(messages, skipped)
+}
+
+/// The messages, or why there is nothing to deploy.
+fn finish(
+    messages: Vec<(crate::HubMessage, Option<String>)>,
+    mut skipped: Vec<String>,
+) -> Result<Decoded, Refusal> {
     if messages.is_empty() {
         skipped.dedup();
         let why = if skipped.is_empty() {
@@ -113,6 +129,15 @@ pub(super) fn rfc3339_seconds(text: &str) -> Option<i64> {
         number(&text[17..19])?,
     );
     if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if day > days_in_month || second > 60 {
         return None;
     }
     // A leap second counts as the last second of its minute.
@@ -170,6 +195,8 @@ mod tests {
             Some(951_805_800)
         );
         assert_eq!(rfc3339_seconds("1969-12-31T23:59:59Z"), Some(-1));
+        assert_eq!(rfc3339_seconds("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(rfc3339_seconds("2016-12-31T23:59:60Z"), Some(1_483_228_799));
         for bad in [
             "",
             "2021-03-03",
@@ -181,6 +208,9 @@ mod tests {
             "2021-03-03T13:36:35Z junk",
             "２０21-03-03T13:36:35Z",
             "+021-03-03T13:36:35Z",
+            "2021-02-29T00:00:00Z",
+            "2021-04-31T00:00:00Z",
+            "2021-03-03T13:36:61Z",
         ] {
             assert_eq!(rfc3339_seconds(bad), None, "{bad:?}");
         }

@@ -520,6 +520,34 @@ async fn no_payload_chooses_the_registry() {
     server.stop().await;
 }
 
+/// A registry hook built without `.registry(host)` names no host: the event's
+/// `request.host` is the pusher's Host header, which the sender chooses.
+#[tokio::test]
+async fn without_a_configured_host_no_registry_event_names_one() {
+    let (recorder, mut rx) = Recorder::new("recorder");
+    let service = HubhookService::builder()
+        .hook(Hook::new("/registry", Provider::Registry).api_key(KEY))
+        .handler(recorder)
+        .build()
+        .expect("service");
+    let server = TestServer::start(service, Transport::Plain).await;
+    let mut chosen = event("n1", "push", MANIFEST, Some("v1"));
+    chosen["request"]["host"] = json!("evil.example");
+    let auth = format!("Authorization: Bearer {KEY}");
+    let r = server
+        .post(
+            "/registry",
+            &[&auth, REGISTRY_TYPE],
+            &envelope(vec![chosen]),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let (msg, _) = next(&mut rx).await;
+    assert_eq!(msg.registry(), None);
+    assert_eq!(msg.image(), format!("team/site@{DIGEST}"));
+    server.stop().await;
+}
+
 /// A hook that only a signature authenticates reads at most `signed_max_body` before it
 /// can check it: a 1 MiB body is refused before it is read, declared or chunked.
 #[tokio::test]

@@ -51,14 +51,32 @@ impl Parser<'_> {
         // A registry notification's host comes from the pusher's Host header: the hook
         // says which registry its images live on instead.
         let registry = match (&provider, &raw.registry) {
-            (Provider::Registry, _) => Some(self.required(
-                &at,
-                &raw.registry,
-                "registry",
-                "(the host its images live on, like \"registry.example.com\" or \"127.0.0.1:5000\")",
-            )?),
+            (Provider::Registry, _) => {
+                let host = self.required(
+                    &at,
+                    &raw.registry,
+                    "registry",
+                    "(the host its images live on, like \"registry.example.com\" or \"127.0.0.1:5000\")",
+                )?;
+                // The reference grammar's own rule: what `docker pull host/repo` takes.
+                let named = format!("{host}/x");
+                let (found, _) = hubhook_core::reference::split_registry(&named);
+                if found != Some(host.as_str())
+                    || hubhook_core::reference::check_name(&named).is_err()
+                {
+                    let span = raw.registry.as_ref().map_or(hook.span(), Spanned::span);
+                    return Err(self.error_at(span, &at.key("registry"), format!(
+                        "{host:?} is not a registry host: write it as `docker push` does, like \"registry.example.com\" or \"127.0.0.1:5000\" (no scheme, no path)"
+                    )));
+                }
+                Some(host)
+            }
             (_, Some(r)) => {
-                return Err(self.error_at(r.span(), &at.key("registry"), "applies to provider = \"registry\" only".into()))
+                return Err(self.error_at(
+                    r.span(),
+                    &at.key("registry"),
+                    "applies to provider = \"registry\" only".into(),
+                ))
             }
             (_, None) => None,
         };
@@ -125,13 +143,12 @@ impl Parser<'_> {
                 format!("`{name}` must not be empty"),
             )),
             // The docs' "<the secret set on GitHub>" must not become a published secret.
+            // The docs' "<the secret set on GitHub>" must not become a published secret;
+            // the value is not echoed, in case a real secret kept its brackets.
             Some(v) if name == "secret" && auth::is_placeholder(v.get_ref()) => Err(self.error_at(
                 v.span(),
                 &at.key(name),
-                format!(
-                    "{:?} is a placeholder: put the secret the sender signs with here",
-                    v.get_ref()
-                ),
+                "still the placeholder (a value in <angle brackets>, or dots): put the secret the sender signs with here".into(),
             )),
             Some(v) => Ok(v.get_ref().clone()),
         }

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hubhook_core::auth::{self, KeyProblem};
+use hubhook_core::auth;
 use hubhook_core::listener;
 use hubhook_core::plugin::PluginHandler;
 use hubhook_core::{Generic, Hook, Provider};

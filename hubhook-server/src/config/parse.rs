@@ -288,11 +288,6 @@ impl Parser<'_> {
         name: &str,
     ) -> Result<(), ConfigError> {
         match auth::check_key(key) {
-            Err(KeyProblem::Placeholder) => Err(self.error_at(
-                span,
-                name,
-                format!("{key:?} is a placeholder: put a key here; `hubhook keygen` makes one"),
-            )),
             // The problem's words, never the key itself.
             Err(problem) => Err(self.error_at(span, name, problem.to_string())),
             Ok(()) => {

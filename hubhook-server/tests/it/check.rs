@@ -140,6 +140,11 @@ fn broken_files_name_file_line_and_key() {
             "listen = \"127.0.0.1:1\"\n".to_owned(),
             "error: hubhook.toml: auth: no API key",
         ),
+        // A registry host written as a URL.
+        (
+            format!("{AUTH}\n[[hook]]\npath = \"/r\"\nprovider = \"registry\"\nregistry = \"https://reg.example.com/\"\napi_keys = [\"0123456789abcdef0123\"]\n"),
+            "error: hubhook.toml:7: hook[0].registry: \"https://reg.example.com/\" is not a registry host",
+        ),
     ];
     for (text, want) in cases {
         let got = refused(&dir, &text);
@@ -254,6 +259,9 @@ fn a_planted_key_is_in_no_output() {
         "[auth]\napi_keys = [\"planted\"]\n".to_owned(),
         // A TOML syntax error on the key's line.
         format!("[auth]\napi_keys = [\"{PLANTED}\"\n"),
+        // A real key or secret pasted inside the docs' angle brackets.
+        format!("[auth]\napi_keys = [\"<{PLANTED}>\"]\n"),
+        format!("[[hook]]\npath = \"/g\"\nprovider = \"github\"\nsecret = \"<{PLANTED}>\"\n"),
     ];
     for text in &texts {
         let (_, stdout, stderr) = check(&dir, text);
@@ -375,7 +383,7 @@ fn placeholder_keys_are_refused_and_word_keys_warned_about() {
         &dir,
         "[auth]\napi_keys = [\"<paste the output of hubhook keygen>\"]\n",
     );
-    assert_eq!(got, "error: hubhook.toml:2: auth.api_keys: \"<paste the output of hubhook keygen>\" is a placeholder: put a key here; `hubhook keygen` makes one");
+    assert_eq!(got, "error: hubhook.toml:2: auth.api_keys: still the placeholder (a value in <angle brackets>, or dots), not a key: put a key here; `hubhook keygen` makes one");
     for placeholder in [
         "output of hubhook keygen",
         "paste the output of `hubhook keygen` here",
@@ -394,7 +402,10 @@ fn placeholder_keys_are_refused_and_word_keys_warned_about() {
     )
     .expect("examples/hubhook.toml");
     let got = refused(&dir, &example);
-    assert!(got.contains("auth.api_keys: \"<paste"), "{got}");
+    assert!(
+        got.contains("auth.api_keys: still the placeholder"),
+        "{got}"
+    );
 
     let (code, _, stderr) = check(
         &dir,
@@ -460,8 +471,9 @@ fn documented_errors() -> Vec<(String, String)> {
         .expect("CONFIG.md has the errors table");
     table
         .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| problem"))
+        .skip_while(|l| !l.starts_with('|'))
         .take_while(|l| l.starts_with('|'))
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| problem"))
         .map(|row| {
             let (problem, message) = row[2..]
                 .split_once(" | ")
