@@ -4,12 +4,14 @@
 //! Everything they create carries the `hubhook-test` prefix and is removed on drop.
 
 mod engine;
+mod nginx;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use engine::*;
+pub use nginx::Nginx;
 
 /// How often [`eventually`] and [`eventually_async`] look again.
 const POLL: Duration = Duration::from_millis(10);

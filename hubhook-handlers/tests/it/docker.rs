@@ -706,8 +706,7 @@ async fn the_reconciler_keeps_the_last_container_that_passed() {
 /// Debian's nginx, started for one test on a free port, proxying to the upstream file that
 /// a blue-green handler switches. Stopped on drop.
 struct Nginx {
-    child: std::process::Child,
-    conf: std::path::PathBuf,
+    nginx: hubhook_testkit::Nginx,
     upstream: std::path::PathBuf,
     port: u16,
     _dir: TempDir,
@@ -716,39 +715,17 @@ struct Nginx {
 impl Nginx {
     fn start(first: u16) -> Self {
         let dir = TempDir::new("nginx");
-        let port = free_port();
-        let path = |name: &str| dir.path().join(name).display().to_string();
         let upstream = dir.write("site.upstream", &format!("server 127.0.0.1:{first};\n"));
-        let conf = dir.write(
-            "nginx.conf",
-            &format!(
-                "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {log} warn;\n\
-                 events {{ worker_connections 256; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
-                 fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
-                 upstream site {{ include {upstream}; }}\n\
-                 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://site; }} }}\n}}\n",
-                pid = path("nginx.pid"),
-                log = path("error.log"),
-                tmp = path("tmp"),
-                upstream = upstream.display(),
-            ),
-        );
-        std::fs::create_dir_all(dir.path().join("tmp")).expect("tmp");
-        let child = Command::new("nginx")
-            .args(["-c", conf.to_str().expect("utf8"), "-p", dir.str()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nginx (Debian's nginx-light)");
-        hubhook_testkit::eventually(Duration::from_secs(10), "nginx listens", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        let nginx = hubhook_testkit::Nginx::start(&dir, |port| {
+            format!(
+                "  upstream site {{ include {}; }}\n  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://site; }} }}",
+                upstream.display()
+            )
         });
         Self {
-            child,
-            conf,
+            port: nginx.port,
+            nginx,
             upstream,
-            port,
             _dir: dir,
         }
     }
@@ -757,19 +734,12 @@ impl Nginx {
         [
             "nginx",
             "-c",
-            self.conf.to_str().expect("utf8"),
+            self.nginx.conf.to_str().expect("utf8"),
             "-s",
             "reload",
         ]
         .map(str::to_owned)
         .to_vec()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

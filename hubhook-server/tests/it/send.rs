@@ -205,39 +205,20 @@ fn cacert_through_nginx_with_an_openssl_certificate() {
         &format!("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[auth]\napi_keys = [\"{KEY}\"]\n"),
     );
     let server = Server::start(&["--config", hub.to_str().expect("utf8")], dir.path(), &[]);
-    let port = hubhook_testkit::free_port();
     let path = |name: &str| dir.path().join(name).display().to_string();
-    std::fs::create_dir_all(dir.path().join("tmp")).expect("tmp");
-    let conf = dir.write(
-        "nginx.conf",
-        &format!(
-            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {log} warn;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n\
-             fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
-             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
-                 location = /hubhook {{ proxy_pass http://{upstream}; client_max_body_size 1m; }}\n  }}\n}}\n",
-            pid = path("nginx.pid"),
-            log = path("error.log"),
-            tmp = path("tmp"),
+    let nginx = hubhook_testkit::Nginx::start(&dir, |port| {
+        format!(
+            "  server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+                 location = /hubhook {{ proxy_pass http://{upstream}; client_max_body_size 1m; }}\n  }}",
             cert = path("cert.pem"),
             key = path("cert.key"),
             upstream = server.addr,
-        ),
-    );
-    let mut nginx = std::process::Command::new("nginx")
-        .args(["-c", conf.to_str().expect("utf8"), "-p", dir.str()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    eventually(std::time::Duration::from_secs(10), "nginx listens", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        )
     });
+    let port = nginx.port;
     let url = format!("https://localhost:{port}/hubhook");
     let (code, stdout, stderr) = send(&[&url, "--key", KEY, "--cacert", "cert.pem"], dir.path());
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.starts_with("HTTP 202 Accepted"), "{stdout}");
     drop(server);
