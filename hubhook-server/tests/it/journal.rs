@@ -417,17 +417,7 @@ fn recovery_runs_in_the_background_and_sigterm_still_stops_gracefully() {
     config(&dir, &handler(""));
     let server = Server::start(&["--config", "hubhook.toml"], dir.path(), &[]);
     for tag in ["one", "two"] {
-        let body = format!(
-            r#"{{"push_data":{{"tag":"{tag}"}},"repository":{{"repo_name":"acme/site"}}}}"#
-        );
-        let (status, _) = request(
-            server.addr,
-            "POST",
-            &format!("/hubhook?apikey={KEY}"),
-            &[],
-            body.as_bytes(),
-        );
-        assert_eq!(status, 202);
+        assert_eq!(post_push(server.addr, tag), 202);
     }
     started(2);
     drop(server); // SIGKILL while both run

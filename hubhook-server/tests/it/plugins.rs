@@ -284,19 +284,7 @@ fn panics_and_hangs_are_contained_and_the_next_delivery_is_fine() {
         &[],
     );
     let addr = server.addr;
-    let post = |tag: &str| {
-        let body = format!(
-            r#"{{"push_data":{{"tag":"{tag}"}},"repository":{{"repo_name":"acme/site"}}}}"#
-        );
-        request(
-            addr,
-            "POST",
-            &format!("/hubhook?apikey={KEY}"),
-            &[],
-            body.as_bytes(),
-        )
-        .0
-    };
+    let post = |tag: &str| post_push(addr, tag);
     assert_eq!(post("latest"), 202);
     let panicked = server.wait_for_stderr("handler panicked");
     assert!(

@@ -362,17 +362,7 @@ fn relative_paths_are_the_config_files_neighbours_however_it_is_named() {
         );
         let server = Server::start(&["--config", name, "--listen", "127.0.0.1:0"], &cwd, &[]);
         let tag = format!("v{i}");
-        let body = format!(
-            r#"{{"push_data":{{"tag":"{tag}"}},"repository":{{"repo_name":"acme/site"}}}}"#
-        );
-        let (status, _) = request(
-            server.addr,
-            "POST",
-            &format!("/hubhook?apikey={KEY}"),
-            &[],
-            body.as_bytes(),
-        );
-        assert_eq!(status, 202, "{name}");
+        assert_eq!(post_push(server.addr, &tag), 202, "{name}");
         let want = format!("{tag} {}", work.display());
         eventually(
             std::time::Duration::from_secs(10),

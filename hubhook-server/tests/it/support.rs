@@ -233,6 +233,20 @@ pub fn request(
     (status, body)
 }
 
+/// Posts a Docker Hub push of `acme/site:TAG` to `/hubhook` with [`KEY`]; the status.
+pub fn post_push(addr: SocketAddr, tag: &str) -> u16 {
+    let body =
+        format!(r#"{{"push_data":{{"tag":"{tag}"}},"repository":{{"repo_name":"acme/site"}}}}"#);
+    request(
+        addr,
+        "POST",
+        &format!("/hubhook?apikey={KEY}"),
+        &[],
+        body.as_bytes(),
+    )
+    .0
+}
+
 /// A config file with [`KEY`], listening on a free port, plus `extra` TOML.
 pub fn config(dir: &TempDir, extra: &str) -> PathBuf {
     dir.write(
