@@ -56,9 +56,7 @@ impl Endpoint {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let response = self.service.answer(self.which, req).await;
-        let status = response.status().as_u16();
-        self.service.inner.metrics.record_status(status);
-        response
+        self.service.counted(response)
     }
 }
 

@@ -126,6 +126,11 @@ impl HubhookService {
             Some(which) => self.answer(which, req).await,
             None => error(StatusCode::NOT_FOUND, "not found"),
         };
+        self.counted(response)
+    }
+
+    /// `response`, counted in `/metrics` by its status.
+    fn counted(&self, response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
         self.inner.metrics.record_status(response.status().as_u16());
         response
     }
