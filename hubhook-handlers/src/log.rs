@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome};
 
-/// How [`LogHandler`] writes its line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How [`LogHandler`] writes its line; in a configuration file, `"text"` or `"json"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum LogFormat {
     /// `push acme/site:v2 by alice (delivery 01J..., source dockerhub)`

@@ -13,12 +13,17 @@ use crate::HubMessage;
 /// runs, a newer one waits, and a still newer one replaces it (latest wins): the replaced
 /// delivery is recorded as superseded instead of running. A burst of pushes of one tag
 /// therefore ends in at most one more run, with the newest message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// In a configuration file each is the word in its doc (`"repo+tag"`, `"repo"`,
+/// `"handler"`, `"off"`), which is how it deserializes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Coalesce {
-    /// Repository and tag: pushes of `acme/site:latest` coalesce, `acme/site:v2` is
-    /// separate. The default.
+    /// Repository and tag (`"repo+tag"`): pushes of `acme/site:latest` coalesce,
+    /// `acme/site:v2` is separate. The default.
     #[default]
+    #[serde(rename = "repo+tag")]
     RepoTag,
     /// Repository: any tag of `acme/site` replaces a waiting one.
     Repo,

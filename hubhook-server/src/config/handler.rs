@@ -2,109 +2,93 @@
 
 use super::*;
 
-/// Where a handler's table is: its index, its text, and the folder paths resolve from.
+/// Where a handler's table is: its index, its place in the text, and the folder paths
+/// resolve from.
 pub(super) struct Table<'a> {
     index: usize,
-    table: &'a Spanned<toml::Table>,
+    span: Range<usize>,
     base: &'a Path,
+}
+
+impl Table<'_> {
+    /// `handler[2].command`.
+    fn key(&self, k: &str) -> String {
+        format!("handler[{}].{k}", self.index)
+    }
 }
 
 impl Parser<'_> {
     pub(super) fn handler(
         &self,
         index: usize,
-        table: &Spanned<toml::Table>,
+        table: &Spanned<RawHandler>,
         base: &Path,
     ) -> Result<HandlerSpec, ConfigError> {
-        let key = |k: &str| format!("handler[{index}].{k}");
-        let mut rest = table.get_ref().clone();
-        let mut take_string = |k: &str| self.take_string(index, table, &mut rest, k);
-        let Some(kind) = take_string("type")? else {
+        let at = Table {
+            index,
+            span: table.span(),
+            base,
+        };
+        let raw = table.get_ref();
+        let Some(kind) = raw.kind else {
             return Err(self.error_at(
-                table.span(),
-                &key("type"),
+                at.span.clone(),
+                &at.key("type"),
                 format!(
                     "missing required key `type` (one of: {})",
-                    HANDLER_TYPES.join(", ")
+                    HandlerType::ALL.map(HandlerType::name).join(", ")
                 ),
             ));
         };
-        let name = take_string("name")?.unwrap_or_else(|| kind.clone());
-        let mut repo = take_string("repo")?;
-        let mut tag = take_string("tag")?;
-        let timeout = take_string("timeout")?
-            .map(|t| self.handler_duration(table, &key("timeout"), "timeout", &t))
-            .transpose()?;
-        let queue = self.queue(index, table, &mut rest)?;
-        let program_line = match kind.as_str() {
-            "shell" => Some(self.key_span(table, "command")),
-            "docker" => Some(self.key_span(table, "docker")),
+        let name = match &raw.name {
+            Some(name) => {
+                let text = name.get_ref();
+                if text.is_empty() || text.len() > 64 || text.chars().any(char::is_control) {
+                    return Err(self.error_at(
+                        name.span(),
+                        &at.key("name"),
+                        "must be 1 to 64 characters, without control characters".into(),
+                    ));
+                }
+                text.clone()
+            }
+            None => kind.name().to_owned(),
+        };
+        let program_line = match kind {
+            HandlerType::Shell => Some(self.key_span(at.span.clone(), "command")),
+            HandlerType::Docker => Some(self.key_span(at.span.clone(), "docker")),
             _ => None,
         }
         .map(|span| self.line_of(span.start));
-        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-            return Err(self.error_at(
-                self.key_span(table, "name"),
-                &key("name"),
-                "must be 1 to 64 characters, without control characters".into(),
-            ));
-        }
-        let at = Table { index, table, base };
-        let kind = match kind.as_str() {
-            "log" => self.log_handler(&at, rest)?,
-            "shell" => self.shell_handler(&at, rest)?,
-            "docker" => self.docker_handler(&at, rest, &name, &mut repo, &mut tag)?,
-            "plugin" => self.plugin_handler(&at, rest, &name)?,
-            other => {
-                return Err(self.error_at(
-                    self.key_span(table, "type"),
-                    &key("type"),
-                    format!(
-                        "unknown handler type {other:?} (expected one of: {})",
-                        HANDLER_TYPES.join(", ")
-                    ),
-                ))
-            }
+        let (mut repo, mut tag) = (raw.repo.clone(), raw.tag.clone());
+        let rest = raw.rest.clone();
+        let kind = match kind {
+            HandlerType::Log => HandlerKind::Log {
+                format: self.rest::<RawLog>(&at, rest)?.format,
+            },
+            HandlerType::Shell => self.shell_handler(&at, rest)?,
+            HandlerType::Docker => self.docker_handler(&at, rest, &name, &mut repo, &mut tag)?,
+            HandlerType::Plugin => self.plugin_handler(&at, rest, &name)?,
         };
         Ok(HandlerSpec {
             name,
             repo,
             tag,
-            timeout,
-            queue,
+            timeout: raw.timeout.map(|HumanDuration(t)| t),
+            queue: self.queue(&at, raw)?,
             kind,
             program_line,
         })
     }
 
-    /// `type = "log"`: the line format.
-    fn log_handler(&self, at: &Table<'_>, rest: toml::Table) -> Result<HandlerKind, ConfigError> {
-        let (index, table) = (at.index, at.table);
-        let key = |k: &str| format!("handler[{index}].{k}");
-        let log: RawLog = self.rest(index, table, rest)?;
-        let format = match log.format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(self.error_at(
-                    self.key_span(table, "format"),
-                    &key("format"),
-                    format!("unknown log format {other:?} (expected \"text\" or \"json\")"),
-                ))
-            }
-        };
-        Ok(HandlerKind::Log { format })
-    }
-
     /// `type = "shell"`: the program, made absolute when it is the config's neighbour.
     fn shell_handler(&self, at: &Table<'_>, rest: toml::Table) -> Result<HandlerKind, ConfigError> {
-        let (index, table, base) = (at.index, at.table, at.base);
-        let key = |k: &str| format!("handler[{index}].{k}");
-        let shell: RawShell = self.rest(index, table, rest)?;
+        let base = at.base;
+        let shell: RawShell = self.rest(at, rest)?;
         if shell.command.first().is_none_or(String::is_empty) {
             return Err(self.error_at(
-                self.key_span(table, "command"),
-                &key("command"),
+                self.key_span(at.span.clone(), "command"),
+                &at.key("command"),
                 "must name the program to run: command = [\"/path/to/script\", \"arg\"]".into(),
             ));
         }
@@ -137,17 +121,10 @@ impl Parser<'_> {
         repo: &mut Option<String>,
         tag: &mut Option<String>,
     ) -> Result<HandlerKind, ConfigError> {
-        let (index, table, base) = (at.index, at.table, at.base);
-        let key = |k: &str| format!("handler[{index}].{k}");
-        let raw: RawDocker = self.rest(index, table, rest)?;
-        let at =
-            |k: &str, message: String| self.error_at(self.key_span(table, k), &key(k), message);
-        let duration = |k: &str, value: &Option<String>| {
-            value
-                .as_deref()
-                .map(|t| self.handler_duration(table, &key(k), k, t))
-                .transpose()
-        };
+        let base = at.base;
+        let raw: RawDocker = self.rest(at, rest)?;
+        let table = at;
+        let at = |k: &str, message: String| self.key_error(table, k, message);
         // The deployed tags: the `tag` pattern, `latest` unless it says otherwise.
         let pattern = tag.get_or_insert_with(|| "latest".to_owned()).clone();
         // Pushes of other repositories need not even reach the handler.
@@ -158,16 +135,16 @@ impl Parser<'_> {
             }
         }
         let mut handler = self
-            .docker_target(table, &key, &raw, name)?
+            .docker_target(table, &raw, name)?
             .tag(pattern)
             .cleanup(raw.cleanup);
-        if let Some(t) = duration("stop_timeout", &raw.stop_timeout)? {
+        if let Some(HumanDuration(t)) = raw.stop_timeout {
             handler = handler.stop_timeout(t);
         }
-        if let Some(t) = duration("health_timeout", &raw.health_timeout)? {
+        if let Some(HumanDuration(t)) = raw.health_timeout {
             handler = handler.health_timeout(t);
         }
-        if let Some(t) = duration("step_timeout", &raw.step_timeout)? {
+        if let Some(HumanDuration(t)) = raw.step_timeout {
             handler = handler.step_timeout(t);
         }
         if let Some(health) = &raw.health {
@@ -194,13 +171,11 @@ impl Parser<'_> {
     /// apply to a service refused when set.
     fn docker_target(
         &self,
-        table: &Spanned<toml::Table>,
-        key: &dyn Fn(&str) -> String,
+        table: &Table<'_>,
         raw: &RawDocker,
         name: &str,
     ) -> Result<DockerHandler, ConfigError> {
-        let at =
-            |k: &str, message: String| self.error_at(self.key_span(table, k), &key(k), message);
+        let at = |k: &str, message: String| self.key_error(table, k, message);
         match (&raw.container, &raw.service) {
             (Some(c), None) => DockerHandler::container(name, &raw.image, c)
                 .map(|h| h.run_args(raw.run_args.clone()).command(raw.command.clone())),
@@ -223,8 +198,8 @@ impl Parser<'_> {
             }
             _ => {
                 return Err(self.error_at(
-                    table.span(),
-                    &key("container"),
+                    table.span.clone(),
+                    &table.key("container"),
                     "set exactly one of `container` (a container to redeploy) or `service` (a Swarm service)".into(),
                 ))
             }
@@ -246,19 +221,12 @@ impl Parser<'_> {
         rest: toml::Table,
         name: &str,
     ) -> Result<HandlerKind, ConfigError> {
-        let (index, table, base) = (at.index, at.table, at.base);
-        let key = |k: &str| format!("handler[{index}].{k}");
-        let raw: RawPlugin = self.rest(index, table, rest)?;
-        let config = serde_json::to_value(&raw.config).map_err(|e| {
-            self.error_at(
-                self.key_span(table, "config"),
-                &key("config"),
-                e.to_string(),
-            )
-        })?;
+        let raw: RawPlugin = self.rest(at, rest)?;
+        let config = serde_json::to_value(&raw.config)
+            .map_err(|e| self.key_error(at, "config", e.to_string()))?;
         // Loaded and initialised now: `hubhook check` catches a bad plugin too.
-        let plugin = PluginHandler::load(resolve(base, &raw.path), &config)
-            .map_err(|e| self.error_at(self.key_span(table, "path"), &key("path"), e.to_string()))?
+        let plugin = PluginHandler::load(resolve(at.base, &raw.path), &config)
+            .map_err(|e| self.key_error(at, "path", e.to_string()))?
             .with_name(name);
         Ok(HandlerKind::Plugin(plugin))
     }
@@ -272,8 +240,8 @@ impl Parser<'_> {
         base: &Path,
         at: &dyn Fn(&str, String) -> ConfigError,
     ) -> Result<DockerHandler, ConfigError> {
-        match raw.strategy.as_deref() {
-            None | Some("stop-first") => {
+        match raw.strategy {
+            None | Some(Strategy::StopFirst) => {
                 for (k, set) in [
                     ("ports", raw.ports.is_some()),
                     ("upstream_file", raw.upstream_file.is_some()),
@@ -285,7 +253,7 @@ impl Parser<'_> {
                 }
                 Ok(handler)
             }
-            Some("blue-green") => {
+            Some(Strategy::BlueGreen) => {
                 if raw.container.is_none() {
                     return Err(at("strategy", "blue-green applies to a `container`".into()));
                 }
@@ -322,123 +290,48 @@ impl Parser<'_> {
                 }
                 Ok(handler.blue_green(bg))
             }
-            Some(other) => Err(at(
-                "strategy",
-                format!("unknown strategy {other:?} (expected \"stop-first\" or \"blue-green\")"),
-            )),
         }
     }
 
     /// A handler's queue keys: `coalesce`, `max_concurrency`, `max_queued`, `retries`,
-    /// `retry_backoff`.
-    pub(super) fn queue(
-        &self,
-        index: usize,
-        table: &Spanned<toml::Table>,
-        rest: &mut toml::Table,
-    ) -> Result<QueueSpec, ConfigError> {
-        let key = |k: &str| format!("handler[{index}].{k}");
-        let mut count = |k: &str, min: i64, max: i64| -> Result<Option<i64>, ConfigError> {
-            match rest.remove(k) {
-                None => Ok(None),
-                Some(toml::Value::Integer(n)) if (min..=max).contains(&n) => Ok(Some(n)),
-                Some(other) => Err(self.error_at(
-                    self.key_span(table, k),
-                    &key(k),
-                    format!("must be a whole number from {min} to {max}, not {other}"),
-                )),
-            }
+    /// `retry_backoff`; the counts within their bounds.
+    fn queue(&self, at: &Table<'_>, raw: &RawHandler) -> Result<QueueSpec, ConfigError> {
+        let count = |k: &str, value: &Option<Spanned<i64>>, min: i64, max: i64| match value {
+            None => Ok(None),
+            Some(n) if (min..=max).contains(n.get_ref()) => Ok(Some(*n.get_ref())),
+            Some(n) => Err(self.error_at(
+                n.span(),
+                &at.key(k),
+                format!(
+                    "must be a whole number from {min} to {max}, not {}",
+                    n.get_ref()
+                ),
+            )),
         };
-        let max_concurrency = count("max_concurrency", 1, 1024)?.map(|n| n as usize);
-        let max_queued = count("max_queued", 1, 1_000_000)?.map(|n| n as usize);
-        let retries = count("retries", 0, 100)?.map(|n| n as u32);
-        let mut text = |k: &str| self.take_string(index, table, rest, k);
-        let coalesce = text("coalesce")?
-            .map(|c| match c.as_str() {
-                "repo+tag" => Ok(hubhook_core::Coalesce::RepoTag),
-                "repo" => Ok(hubhook_core::Coalesce::Repo),
-                "handler" => Ok(hubhook_core::Coalesce::Handler),
-                "off" => Ok(hubhook_core::Coalesce::Off),
-                other => Err(self.error_at(
-                    self.key_span(table, "coalesce"),
-                    &key("coalesce"),
-                    format!("unknown coalescing key {other:?} (expected \"repo+tag\", \"repo\", \"handler\" or \"off\")"),
-                )),
-            })
-            .transpose()?;
-        let retry_backoff = text("retry_backoff")?
-            .map(|t| self.handler_duration(table, &key("retry_backoff"), "retry_backoff", &t))
-            .transpose()?;
         Ok(QueueSpec {
-            coalesce,
-            max_concurrency,
-            max_queued,
-            retries,
-            retry_backoff,
+            coalesce: raw.coalesce,
+            max_concurrency: count("max_concurrency", &raw.max_concurrency, 1, 1024)?
+                .map(|n| n as usize),
+            max_queued: count("max_queued", &raw.max_queued, 1, 1_000_000)?.map(|n| n as usize),
+            retries: count("retries", &raw.retries, 0, 100)?.map(|n| n as u32),
+            retry_backoff: raw.retry_backoff.map(|HumanDuration(t)| t),
         })
     }
 
-    /// Deserializes a handler's own keys; unknown keys are errors naming the key.
-    pub(super) fn rest<T: for<'de> Deserialize<'de>>(
+    /// Deserializes a handler type's own keys; unknown keys are errors naming the key.
+    fn rest<T: for<'de> Deserialize<'de>>(
         &self,
-        index: usize,
-        table: &Spanned<toml::Table>,
+        at: &Table<'_>,
         rest: toml::Table,
     ) -> Result<T, ConfigError> {
         serde_path_to_error::deserialize(toml::Value::Table(rest)).map_err(|e| {
             let (name, message) = offending_key(e);
-            self.error_at(
-                self.key_span(table, &name),
-                &format!("handler[{index}].{name}"),
-                message,
-            )
+            self.key_error(at, &name, message)
         })
     }
 
-    /// Takes the string key `k` out of handler table `index`'s remaining keys.
-    pub(super) fn take_string(
-        &self,
-        index: usize,
-        table: &Spanned<toml::Table>,
-        rest: &mut toml::Table,
-        k: &str,
-    ) -> Result<Option<String>, ConfigError> {
-        match rest.remove(k) {
-            None => Ok(None),
-            Some(toml::Value::String(s)) => Ok(Some(s)),
-            Some(other) => {
-                let found = match &other {
-                    toml::Value::Integer(n) => format!("integer {n}"),
-                    other => other.type_str().to_owned(),
-                };
-                let expected = if DURATION_KEYS.contains(&k) {
-                    "a duration like \"30s\" or \"10m\""
-                } else {
-                    "a string"
-                };
-                Err(self.error_at(
-                    self.key_span(table, k),
-                    &format!("handler[{index}].{k}"),
-                    type_mismatch_message(k, &found, expected),
-                ))
-            }
-        }
-    }
-
-    /// A duration from a handler table's `name` key (`full` names it in errors).
-    pub(super) fn handler_duration(
-        &self,
-        table: &Spanned<toml::Table>,
-        full: &str,
-        name: &str,
-        text: &str,
-    ) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(text).map_err(|e| {
-            self.error_at(
-                self.key_span(table, name),
-                full,
-                format!("{text:?} is not a duration like \"30s\" or \"10m\": {e}"),
-            )
-        })
+    /// An error about key `k` of the handler table, on the line that sets it.
+    fn key_error(&self, at: &Table<'_>, k: &str, message: String) -> ConfigError {
+        self.error_at(self.key_span(at.span.clone(), k), &at.key(k), message)
     }
 }

@@ -30,8 +30,6 @@ const MAX_KEEP_DAYS: u64 = 36_500;
 const DEFAULT_KEEP_DELIVERIES: u64 = 10_000;
 /// The only host the callback may reach unless `callback.allow` says otherwise.
 const DEFAULT_CALLBACK_HOST: &str = "registry.hub.docker.com";
-/// The handler types this build knows.
-const HANDLER_TYPES: &[&str] = &["log", "shell", "docker", "plugin"];
 
 /// A configuration problem, with where it is.
 #[derive(Debug)]
@@ -324,155 +322,6 @@ pub(crate) fn private(path: &Path) -> Result<(), String> {
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    listen: Option<Spanned<String>>,
-    path: Option<Spanned<String>>,
-    data_dir: Option<Spanned<String>>,
-    max_body: Option<Spanned<toml::Value>>,
-    signed_max_body: Option<Spanned<toml::Value>>,
-    header_timeout: Option<Spanned<String>>,
-    max_connections: Option<Spanned<i64>>,
-    max_connections_per_ip: Option<Spanned<i64>>,
-    shutdown_grace: Option<Spanned<String>>,
-    journal: Option<Spanned<toml::Value>>,
-    callback: Option<Spanned<RawCallback>>,
-    #[serde(default)]
-    auth: RawAuth,
-    tls: Option<RawTls>,
-    #[serde(default, rename = "handler")]
-    handlers: Vec<Spanned<toml::Table>>,
-    #[serde(default, rename = "hook")]
-    hooks: Vec<Spanned<RawHook>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJournal {
-    #[serde(default = "yes")]
-    enabled: bool,
-    keep_days: Option<u64>,
-    keep_deliveries: Option<u64>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCallback {
-    #[serde(default)]
-    enabled: bool,
-    allow: Option<Vec<String>>,
-    timeout: Option<Spanned<String>>,
-    ca_file: Option<Spanned<String>>,
-    #[serde(default)]
-    target_url: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHook {
-    path: Spanned<String>,
-    provider: Spanned<String>,
-    #[serde(default)]
-    api_keys: Vec<Spanned<String>>,
-    api_keys_file: Option<Spanned<String>>,
-    #[serde(default)]
-    allow_unauthenticated: bool,
-    secret: Option<Spanned<String>>,
-    repo_pointer: Option<Spanned<String>>,
-    tag_pointer: Option<Spanned<String>>,
-    digest_pointer: Option<Spanned<String>>,
-    signature_header: Option<Spanned<String>>,
-    registry: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    #[serde(default)]
-    api_keys: Vec<Spanned<String>>,
-    api_keys_file: Option<Spanned<String>>,
-    #[serde(default)]
-    allow_unauthenticated: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: Option<Spanned<String>>,
-    key: Option<Spanned<String>>,
-    acme: Option<RawAcme>,
-}
-
-/// `[tls.acme]`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAcme {
-    domains: Vec<String>,
-    email: Option<String>,
-    directory: Option<String>,
-    cache_dir: Option<String>,
-    ca_file: Option<String>,
-    renew_before: Option<String>,
-    check_every: Option<String>,
-}
-
-/// The keys of `shell` handlers beyond the common ones.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawShell {
-    command: Vec<String>,
-    workdir: Option<String>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    output_tail: Option<usize>,
-}
-
-/// The keys of `docker` handlers beyond the common ones.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDocker {
-    image: String,
-    container: Option<String>,
-    service: Option<String>,
-    #[serde(default)]
-    run_args: Vec<String>,
-    #[serde(default)]
-    command: Vec<String>,
-    stop_timeout: Option<String>,
-    step_timeout: Option<String>,
-    health: Option<String>,
-    health_timeout: Option<String>,
-    #[serde(default)]
-    cleanup: bool,
-    docker: Option<String>,
-    docker_host: Option<String>,
-    strategy: Option<String>,
-    ports: Option<Vec<String>>,
-    upstream_file: Option<String>,
-    reload: Option<Vec<String>>,
-}
-
-/// The keys of `plugin` handlers beyond the common ones.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPlugin {
-    path: String,
-    #[serde(default)]
-    config: toml::Table,
-}
-
-/// The keys of `log` handlers beyond the common ones.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    format: Option<String>,
-}
-
 struct Parser<'a> {
     file: &'a Path,
     text: &'a str,
@@ -483,11 +332,11 @@ struct Parser<'a> {
 mod handler;
 mod hook;
 mod parse;
+mod raw;
 #[cfg(test)]
 mod tests;
 mod tls;
 mod words;
 
-use words::{
-    in_words, offending_key, parse_size, type_mismatch_message, without_values, DURATION_KEYS,
-};
+use raw::*;
+use words::{in_words, offending_key, without_values, ByteSize, HumanDuration};

@@ -94,10 +94,9 @@ impl Parser<'_> {
                 format!("{bad:?} is not a host name (like \"registry.hub.docker.com\" or \"hooks.example.com:8443\")"),
             ));
         }
-        let timeout = match &callback.timeout {
-            Some(t) => self.duration(t, "callback.timeout")?,
-            None => Duration::from_secs(10),
-        };
+        let timeout = callback
+            .timeout
+            .map_or(Duration::from_secs(10), |HumanDuration(t)| t);
         let ca_file = match &callback.ca_file {
             Some(file) => {
                 let path = resolve(base, file.get_ref());
@@ -119,19 +118,17 @@ impl Parser<'_> {
 
     /// Body sizes, timeouts and connection caps.
     fn limits(&self, raw: &RawConfig, config: &mut Config) -> Result<(), ConfigError> {
-        if let Some(size) = &raw.max_body {
-            config.max_body = parse_size(size.get_ref())
-                .map_err(|m| self.error_at(size.span(), "max_body", m))?;
+        if let Some(ByteSize(size)) = raw.max_body {
+            config.max_body = size;
         }
-        if let Some(size) = &raw.signed_max_body {
-            config.signed_max_body = parse_size(size.get_ref())
-                .map_err(|m| self.error_at(size.span(), "signed_max_body", m))?;
+        if let Some(ByteSize(size)) = raw.signed_max_body {
+            config.signed_max_body = size;
         }
-        if let Some(t) = &raw.header_timeout {
-            config.header_timeout = self.duration(t, "header_timeout")?;
+        if let Some(HumanDuration(t)) = raw.header_timeout {
+            config.header_timeout = t;
         }
-        if let Some(t) = &raw.shutdown_grace {
-            config.shutdown_grace = self.duration(t, "shutdown_grace")?;
+        if let Some(HumanDuration(t)) = raw.shutdown_grace {
+            config.shutdown_grace = t;
         }
         for (n, key, value) in [
             (
@@ -226,7 +223,7 @@ impl Parser<'_> {
             {
                 let table = &raw.handlers[i];
                 return Err(self.error_at(
-                    self.key_span(table, "name"),
+                    self.key_span(table.span(), "name"),
                     &format!("handler[{i}].name"),
                     format!(
                         "another handler is already named {:?}; names must be unique",
@@ -306,69 +303,37 @@ impl Parser<'_> {
     /// `journal = true`, or a `[journal]` table with retention.
     pub(super) fn journal(
         &self,
-        value: &Spanned<toml::Value>,
+        value: &Spanned<JournalSetting>,
         config: &mut Config,
     ) -> Result<(), ConfigError> {
-        match value.get_ref() {
-            toml::Value::Boolean(on) => config.journal = *on,
-            toml::Value::Table(table) => {
-                let raw: RawJournal = serde_path_to_error::deserialize(toml::Value::Table(
-                    table.clone(),
-                ))
-                .map_err(|e| {
-                    let (name, message) = offending_key(e);
-                    self.error_at(value.span(), &format!("journal.{name}"), message)
-                })?;
-                config.journal = raw.enabled;
-                // 0 means "keep forever".
-                if let Some(days) = raw.keep_days {
-                    if days > MAX_KEEP_DAYS {
-                        return Err(self.error_at(
-                            value.span(),
-                            "journal.keep_days",
-                            format!(
-                                "{days} is more than {MAX_KEEP_DAYS} days; use 0 to keep forever"
-                            ),
-                        ));
-                    }
-                    config.keep = (days > 0).then(|| Duration::from_secs(days * 86_400));
-                }
-                if let Some(n) = raw.keep_deliveries {
-                    config.keep_deliveries = (n > 0).then_some(n);
-                }
+        let raw = match value.get_ref() {
+            JournalSetting::On(on) => {
+                config.journal = *on;
+                return Ok(());
             }
-            other => {
+            JournalSetting::Table(raw) => raw,
+        };
+        config.journal = raw.enabled;
+        // 0 means "keep forever".
+        if let Some(days) = raw.keep_days {
+            if days > MAX_KEEP_DAYS {
                 return Err(self.error_at(
                     value.span(),
-                    "journal",
-                    format!("must be true, false or a table, not {}", other.type_str()),
-                ))
+                    "journal.keep_days",
+                    format!("{days} is more than {MAX_KEEP_DAYS} days; use 0 to keep forever"),
+                ));
             }
+            config.keep = (days > 0).then(|| Duration::from_secs(days * 86_400));
+        }
+        if let Some(n) = raw.keep_deliveries {
+            config.keep_deliveries = (n > 0).then_some(n);
         }
         Ok(())
     }
 
-    pub(super) fn duration(
-        &self,
-        value: &Spanned<String>,
-        key: &str,
-    ) -> Result<Duration, ConfigError> {
-        humantime::parse_duration(value.get_ref()).map_err(|e| {
-            self.error_at(
-                value.span(),
-                key,
-                format!(
-                    "{:?} is not a duration like \"30s\" or \"10m\": {e}",
-                    value.get_ref()
-                ),
-            )
-        })
-    }
-
     /// The span of `key = ...` inside a table, found in the text; the table's own span
     /// when the key is not written on a line of its own.
-    pub(super) fn key_span(&self, table: &Spanned<toml::Table>, key: &str) -> Range<usize> {
-        let span = table.span();
+    pub(super) fn key_span(&self, span: Range<usize>, key: &str) -> Range<usize> {
         let body = self.text.get(span.clone()).unwrap_or("");
         let mut offset = span.start;
         for line in body.split_inclusive('\n') {

@@ -21,13 +21,21 @@ const KEY: &str = "[auth]\napi_keys = [\"0123456789abcdef0123\"]\n";
 
 #[test]
 fn sizes() {
-    assert_eq!(parse_size(&toml::Value::Integer(10)), Ok(10));
-    assert_eq!(parse_size(&"1MiB".into()), Ok(1 << 20));
-    assert_eq!(parse_size(&"64 KiB".into()), Ok(64 << 10));
-    assert_eq!(parse_size(&"2MB".into()), Ok(2_000_000));
-    assert!(parse_size(&"1XB".into()).is_err());
-    assert!(parse_size(&"0".into()).is_err());
-    assert!(parse_size(&toml::Value::Integer(-1)).is_err());
+    let size = |value: &str| {
+        parse(&format!("max_body = {value}\n{KEY}"))
+            .map(|c| c.max_body)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(size("10"), Ok(10));
+    assert_eq!(size("\"1MiB\""), Ok(1 << 20));
+    assert_eq!(size("\"64 KiB\""), Ok(64 << 10));
+    assert_eq!(size("\"2MB\""), Ok(2_000_000));
+    assert!(size("\"1XB\"").is_err_and(|e| e.contains("unknown unit")));
+    assert!(size("\"0\"").is_err_and(|e| e.contains("positive size")));
+    assert!(size("-1").is_err_and(|e| e.contains("-1 is not a positive number")));
+    assert!(size("true").is_err_and(|e| e.ends_with(
+        "must be a positive number of bytes or a size like \"1MiB\", not boolean true"
+    )));
 }
 
 #[test]

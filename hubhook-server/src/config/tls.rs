@@ -70,15 +70,6 @@ impl Parser<'_> {
                 "list the names the certificate is for, like [\"hooks.example.com\"]".into(),
             ));
         }
-        let duration = |v: &Option<String>, k: &str, default: Duration| match v {
-            Some(text) => humantime::parse_duration(text).map_err(|e| {
-                at(
-                    k,
-                    format!("{text:?} is not a duration like \"30d\" or \"12h\": {e}"),
-                )
-            }),
-            None => Ok(default),
-        };
         Ok(TlsFiles::Acme(crate::acme::AcmeSpec {
             domains: a.domains.clone(),
             email: a.email.clone(),
@@ -91,16 +82,12 @@ impl Parser<'_> {
                 .as_ref()
                 .map_or_else(|| data_dir.join("acme"), |d| resolve(base, d)),
             ca_file: a.ca_file.as_ref().map(|f| resolve(base, f)),
-            renew_before: duration(
-                &a.renew_before,
-                "renew_before",
-                Duration::from_secs(30 * 86_400),
-            )?,
-            check_every: duration(
-                &a.check_every,
-                "check_every",
-                Duration::from_secs(12 * 3600),
-            )?,
+            renew_before: a
+                .renew_before
+                .map_or(Duration::from_secs(30 * 86_400), |HumanDuration(t)| t),
+            check_every: a
+                .check_every
+                .map_or(Duration::from_secs(12 * 3600), |HumanDuration(t)| t),
         }))
     }
 }

@@ -1,4 +1,9 @@
-//! serde's and toml's errors in the words `check` uses, and sizes.
+//! serde's and toml's errors in the words `check` uses, and the value types (durations,
+//! sizes) that serde reads.
+
+use std::time::Duration;
+
+use serde::Deserialize;
 
 /// The key a table's deserialization failed on, and serde's message. An unknown key has
 /// no path yet: serde names it in the message.
@@ -37,6 +42,9 @@ pub(super) fn in_words(key: &str, message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown field ") {
         return format!("unknown key {rest}");
     }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        return unknown_word(key, rest);
+    }
     let Some((found, expected)) = message
         .strip_prefix("invalid type: ")
         .and_then(|rest| rest.split_once(", expected "))
@@ -54,6 +62,32 @@ pub(super) fn in_words(key: &str, message: &str) -> String {
         other => other,
     };
     type_mismatch_message(key, found, expected)
+}
+
+/// serde's `` `shel`, expected one of `log`, `shell` `` (after "unknown variant") as
+/// `unknown handler type "shel" (expected one of: log, shell)`, naming what the key holds.
+fn unknown_word(key: &str, rest: &str) -> String {
+    let noun = match key {
+        "type" => "handler type",
+        "coalesce" => "coalescing key",
+        "format" => "log format",
+        "strategy" => "strategy",
+        "provider" => "provider",
+        _ => "value",
+    };
+    let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+    let words = |text: &str| -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let found = words(found).concat();
+    format!(
+        "unknown {noun} {found:?} (expected one of: {})",
+        words(expected).join(", ")
+    )
 }
 
 /// `must be EXPECTED, not FOUND`, with a way to write it for a number given as a duration.
@@ -91,13 +125,61 @@ pub(super) fn without_values(message: &str) -> String {
     out
 }
 
-/// Parses `1048576`, `"512KiB"`, `"1MiB"`, `"2MB"` into bytes.
-pub(super) fn parse_size(value: &toml::Value) -> Result<u64, String> {
-    let text = match value {
-        toml::Value::Integer(n) if *n > 0 => return Ok(*n as u64),
-        toml::Value::String(s) => s.trim(),
-        _ => return Err("must be a positive number of bytes or a size like \"1MiB\"".into()),
-    };
+/// A duration written as words (`"30s"`, `"10m"`, `"2h 30m"`), read by serde. A wrong
+/// type names the key's expected form; a bad text says how to write one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct HumanDuration(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration like \"30s\" or \"10m\": {e}"
+                ))
+            })
+    }
+}
+
+/// A size in bytes: `1048576`, `"512KiB"`, `"1MiB"`, `"2MB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ByteSize(pub(super) u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Size;
+        impl serde::de::Visitor<'_> for Size {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a positive number of bytes or a size like \"1MiB\"")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(ByteSize)
+                    .ok_or_else(|| E::custom(format!("{n} is not a positive number of bytes")))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                parse_size(text).map(ByteSize).map_err(E::custom)
+            }
+        }
+        de.deserialize_any(Size)
+    }
+}
+
+/// Parses `"512KiB"`, `"1MiB"`, `"2MB"`, `"65536"` into bytes.
+pub(super) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());

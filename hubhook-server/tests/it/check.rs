@@ -73,7 +73,15 @@ fn broken_files_name_file_line_and_key() {
         // Queue settings.
         (
             format!("{AUTH}\n[[handler]]\ntype = \"log\"\ncoalesce = \"tag\"\n"),
-            "error: hubhook.toml:6: handler[0].coalesce: unknown coalescing key \"tag\" (expected \"repo+tag\", \"repo\", \"handler\" or \"off\")",
+            "error: hubhook.toml:6: handler[0].coalesce: unknown coalescing key \"tag\" (expected one of: repo+tag, repo, handler, off)",
+        ),
+        (
+            format!("{AUTH}\n[[handler]]\ntype = \"log\"\nformat = \"yaml\"\n"),
+            "error: hubhook.toml:6: handler[0].format: unknown log format \"yaml\" (expected one of: text, json)",
+        ),
+        (
+            format!("{AUTH}\n[[handler]]\ntype = \"docker\"\nimage = \"acme/site\"\ncontainer = \"site\"\nstrategy = \"canary\"\n"),
+            "error: hubhook.toml:8: handler[0].strategy: unknown strategy \"canary\" (expected one of: stop-first, blue-green)",
         ),
         (
             format!("{AUTH}\n[[handler]]\ntype = \"log\"\nretries = 1000\n"),
@@ -94,7 +102,7 @@ fn broken_files_name_file_line_and_key() {
         ),
         (
             format!("{AUTH}\n[journal]\nkeep_weeks = 2\n"),
-            "error: hubhook.toml:4: journal.keep_weeks: unknown key `keep_weeks`",
+            "error: hubhook.toml:5: journal.keep_weeks: unknown key `keep_weeks`",
         ),
         (
             format!("{AUTH}\n[journal]\nkeep_days = 9223372036854775807\n"),
@@ -139,6 +147,11 @@ fn broken_files_name_file_line_and_key() {
         (
             "listen = \"127.0.0.1:1\"\n".to_owned(),
             "error: hubhook.toml: auth: no API key",
+        ),
+        // A provider this build does not know.
+        (
+            format!("{AUTH}\n[[hook]]\npath = \"/q\"\nprovider = \"quay\"\n"),
+            "error: hubhook.toml:6: hook[0].provider: unknown provider \"quay\" (expected one of: dockerhub, registry, github, generic)",
         ),
         // A registry host written as a URL.
         (
