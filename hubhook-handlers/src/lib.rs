@@ -5,6 +5,8 @@
 //! - [`ShellHandler`]: runs a program with the payload in its environment and on stdin.
 //! - [`DockerHandler`]: redeploys a container (pull, swap, health gate, rollback) or a
 //!   Swarm service through the `docker` CLI.
+//! - [`ComposeHandler`]: redeploys services of a Docker Compose project through Compose
+//!   (pull, `up -d --no-deps`, health gate, rollback).
 //!
 //! ```
 //! use hubhook_core::HubhookService;
@@ -23,6 +25,9 @@ mod docker;
 mod log;
 mod shell;
 
-pub use docker::{BlueGreen, DockerError, DockerHandler, Health, DEFAULT_STEP_TIMEOUT};
+pub use docker::{
+    BlueGreen, ComposeError, ComposeHandler, DockerError, DockerHandler, Health,
+    DEFAULT_STEP_TIMEOUT,
+};
 pub use log::{LogFormat, LogHandler};
 pub use shell::{ShellError, ShellHandler, DEFAULT_OUTPUT_TAIL};

@@ -62,8 +62,9 @@ enum Command {
     /// key of the first problem otherwise.
     ///
     /// Besides the file itself it reads the key and TLS files (which must be private),
-    /// loads and initialises plugins, and checks that the data dir can be created and that
-    /// every shell program and docker binary can be run; it starts nothing. It prints a
+    /// loads and initialises plugins, runs `compose config` for compose handlers, and
+    /// checks that the data dir can be created and that every shell program, docker binary
+    /// and compose command can be run; it starts nothing. It prints a
     /// summary and what it checked, and warnings on stderr.
     Check {
         /// The TOML configuration file.

@@ -46,6 +46,7 @@ pub(crate) fn check(config: &Config) -> Result<Vec<String>, String> {
         let (key, program) = match &spec.kind {
             HandlerKind::Shell { command, .. } => ("command", PathBuf::from(&command[0])),
             HandlerKind::Docker(handler) => ("docker", handler.docker_binary_path().to_owned()),
+            HandlerKind::Compose(handler) => ("compose", PathBuf::from(&handler.compose_argv()[0])),
             _ => continue,
         };
         let found = executable(&program).ok_or_else(|| {

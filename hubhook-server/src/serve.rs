@@ -298,7 +298,15 @@ fn reconcile_swaps(config: &Config) {
 /// largest `stop_timeout + health_timeout` + 10 s of the docker handlers; one cut short
 /// past that is repaired at the next start.
 async fn finish_swaps(config: &Config) {
-    let Some(bound) = docker_handlers(config).map(DockerHandler::swap_bound).max() else {
+    let composed = config.handlers.iter().filter_map(|spec| match &spec.kind {
+        HandlerKind::Compose(handler) => Some(handler.swap_bound()),
+        _ => None,
+    });
+    let Some(bound) = docker_handlers(config)
+        .map(DockerHandler::swap_bound)
+        .chain(composed)
+        .max()
+    else {
         return;
     };
     if !DockerHandler::finish_swaps(std::time::Duration::ZERO).await {
@@ -335,6 +343,7 @@ fn route(spec: &HandlerSpec) -> Result<Route, String> {
             Route::new(shell)
         }
         HandlerKind::Docker(handler) => Route::new((**handler).clone()),
+        HandlerKind::Compose(handler) => Route::new((**handler).clone()),
         HandlerKind::Plugin(plugin) => Route::new(plugin.clone()),
     };
     if let Some(repo) = &spec.repo {

@@ -196,9 +196,19 @@ impl Registry {
 
     /// Pushes the test image `tag` and keeps the local tag.
     pub fn push_keeping(&self, tag: &str) {
+        self.push_as(tag, tag);
+    }
+
+    /// Pushes the test image `version` under the tag `tag` (v2 as `live`), keeping the
+    /// local tag; the registry digest of what was pushed.
+    pub fn push_as(&self, version: &str, tag: &str) -> String {
         let target = format!("{}:{tag}", self.repo());
-        must(&["tag", &format!("{BASE}:{tag}"), &target]);
-        must(&["push", &target]);
+        must(&["tag", &format!("{BASE}:{version}"), &target]);
+        let out = must(&["push", &target]);
+        out.split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 

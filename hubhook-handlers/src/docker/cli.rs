@@ -21,7 +21,8 @@ pub(super) struct Docker {
 pub(super) enum Failure {
     Missing(PathBuf, std::io::Error),
     Cancelled,
-    /// The command did not end within its limit (a hung daemon, a stuck pull).
+    /// The command (`docker pull`) did not end within its limit (a hung daemon, a stuck
+    /// pull).
     Timeout(String, Duration),
     Command(String),
 }
@@ -29,14 +30,16 @@ pub(super) enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Missing(path, e) => write!(
-                f,
-                "docker binary missing: cannot run {}: {e}",
-                path.display()
-            ),
+            Self::Missing(path, e) => {
+                let what = match path.file_name().and_then(|n| n.to_str()) {
+                    Some(name) if name.contains("compose") => "compose",
+                    _ => "docker binary",
+                };
+                write!(f, "{what} missing: cannot run {}: {e}", path.display())
+            }
             Self::Cancelled => f.write_str("cancelled"),
-            Self::Timeout(verb, limit) => {
-                write!(f, "`docker {verb}` did not finish within {limit:?}")
+            Self::Timeout(command, limit) => {
+                write!(f, "`{command}` did not finish within {limit:?}")
             }
             Self::Command(text) => f.write_str(text),
         }
@@ -77,18 +80,38 @@ impl Docker {
         limit: Duration,
     ) -> Result<String, Failure> {
         let mut command = Command::new(&self.binary);
+        command.args(args);
+        let verb = args.first().copied().unwrap_or("");
+        self.output(command, verb, limit).await
+    }
+
+    /// Runs `command` (docker, or another program that talks to the same daemon) within
+    /// `limit`, with no input and this daemon's `DOCKER_HOST`; its standard output, or
+    /// why it failed, classified by `verb`.
+    pub(super) async fn output(
+        &self,
+        mut command: Command,
+        verb: &str,
+        limit: Duration,
+    ) -> Result<String, Failure> {
         command
-            .args(args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .env("DOCKER_CLI_HINTS", "false");
         if let Some(host) = &self.host {
             command.env("DOCKER_HOST", host);
         }
-        let verb = args.first().copied().unwrap_or("");
+        let program = PathBuf::from(command.as_std().get_program());
+        let named = |program: &PathBuf| {
+            let name = program.file_name().map_or_else(
+                || program.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            format!("{name} {verb}")
+        };
         let output = match tokio::time::timeout(limit, command.output()).await {
-            Ok(output) => output.map_err(|e| Failure::Missing(self.binary.clone(), e))?,
-            Err(_) => return Err(Failure::Timeout(verb.to_owned(), limit)),
+            Ok(output) => output.map_err(|e| Failure::Missing(program.clone(), e))?,
+            Err(_) => return Err(Failure::Timeout(named(&program), limit)),
         };
         if output.status.success() {
             return Ok(String::from_utf8_lossy(&output.stdout).into_owned());

@@ -16,6 +16,7 @@
 
 mod bluegreen;
 mod cli;
+mod compose;
 mod health;
 mod service;
 mod swap;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 
 pub use bluegreen::BlueGreen;
 use cli::{Docker, Failure};
+pub use compose::{ComposeError, ComposeHandler};
 use swap::Swap;
 
 /// How long one docker command may take, by default.

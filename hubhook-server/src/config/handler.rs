@@ -57,6 +57,7 @@ impl Parser<'_> {
         let program_line = match kind {
             HandlerType::Shell => Some(self.key_span(at.span.clone(), "command")),
             HandlerType::Docker => Some(self.key_span(at.span.clone(), "docker")),
+            HandlerType::Compose => Some(self.key_span(at.span.clone(), "compose")),
             _ => None,
         }
         .map(|span| self.line_of(span.start));
@@ -68,6 +69,7 @@ impl Parser<'_> {
             },
             HandlerType::Shell => self.shell_handler(&at, rest)?,
             HandlerType::Docker => self.docker_handler(&at, rest, &name, &mut repo, &mut tag)?,
+            HandlerType::Compose => self.compose_handler(&at, rest, &name, &mut repo, &mut tag)?,
             HandlerType::Plugin => self.plugin_handler(&at, rest, &name)?,
         };
         Ok(HandlerSpec {
@@ -154,12 +156,7 @@ impl Parser<'_> {
         }
         handler = self.strategy(&raw, handler, base, &at)?;
         if let Some(bin) = &raw.docker {
-            // Like a shell command: a relative path is the config's neighbour.
-            let bin = match bin.contains('/') && Path::new(bin).is_relative() {
-                true => resolve(base, bin),
-                false => PathBuf::from(bin),
-            };
-            handler = handler.docker_binary(bin);
+            handler = handler.docker_binary(program(base, bin));
         }
         if let Some(host) = &raw.docker_host {
             handler = handler.docker_host(host);
@@ -212,6 +209,83 @@ impl Parser<'_> {
             };
             at(k, e.to_string())
         })
+    }
+
+    /// `type = "compose"`: services of a Compose project, checked against the project's
+    /// own `compose config` now; the deployed tag is the one the file names.
+    fn compose_handler(
+        &self,
+        at: &Table<'_>,
+        rest: toml::Table,
+        name: &str,
+        repo: &mut Option<String>,
+        tag: &mut Option<String>,
+    ) -> Result<HandlerKind, ConfigError> {
+        let raw: RawCompose = self.rest(at, rest)?;
+        let error =
+            |k: &str, e: hubhook_handlers::ComposeError| self.key_error(at, k, e.to_string());
+        let mut handler = ComposeHandler::new(
+            name,
+            &raw.image,
+            resolve(at.base, &raw.project_dir),
+            raw.services.iter().cloned(),
+        )
+        .map_err(|e| match e {
+            hubhook_handlers::ComposeError::Image(_) => error("image", e),
+            _ => error("services", e),
+        })?
+        .files(raw.files.iter().map(PathBuf::from));
+        if let Some(project) = &raw.project {
+            handler = handler.project(project);
+        }
+        if let Some(argv) = &raw.compose {
+            handler = handler
+                .compose_command(argv.iter().cloned())
+                .map_err(|e| error("compose", e))?;
+        }
+        if let Some(health) = &raw.health {
+            handler = handler.health(
+                DockerHandler::parse_health(health)
+                    .map_err(|e| self.key_error(at, "health", e.to_string()))?,
+            );
+        }
+        if let Some(HumanDuration(t)) = raw.health_timeout {
+            handler = handler.health_timeout(t);
+        }
+        if let Some(HumanDuration(t)) = raw.step_timeout {
+            handler = handler.step_timeout(t);
+        }
+        if let Some(bin) = &raw.docker {
+            handler = handler.docker_binary(program(at.base, bin));
+        }
+        if let Some(host) = &raw.docker_host {
+            handler = handler.docker_host(host);
+        }
+        // `compose config`, once: the services exist, run this repository, and name a tag.
+        let handler = handler.inspect().map_err(|e| match e {
+            hubhook_handlers::ComposeError::Missing(_) => error("compose", e),
+            hubhook_handlers::ComposeError::Invalid(_)
+            | hubhook_handlers::ComposeError::ProjectDir(_) => error("project_dir", e),
+            _ => error("services", e),
+        })?;
+        let named = handler.deployed_tag();
+        match tag.as_deref() {
+            Some(wanted) if wanted != named => {
+                return Err(self.key_error(at, "tag", format!(
+                    "the compose file names tag {named:?}, and Compose pulls what its file names: \
+                     to follow {wanted:?}, write the tag in the file (a variable such as ${{SITE_TAG}} \
+                     works) and leave `tag` out"
+                )))
+            }
+            _ => *tag = Some(named.to_owned()),
+        }
+        if repo.is_none() {
+            let (_, path) = hubhook_core::reference::split_registry(&raw.image);
+            if path.contains('/') {
+                *repo = Some(path.to_owned());
+            }
+        }
+        Ok(HandlerKind::Compose(Box::new(handler)))
     }
 
     /// `type = "plugin"`: loaded and initialised now, so `check` catches a bad plugin.
@@ -333,5 +407,14 @@ impl Parser<'_> {
     /// An error about key `k` of the handler table, on the line that sets it.
     fn key_error(&self, at: &Table<'_>, k: &str, message: String) -> ConfigError {
         self.error_at(self.key_span(at.span.clone(), k), &at.key(k), message)
+    }
+}
+
+/// A program named in the file: like a shell command's, a relative path (with a `/`) is
+/// the config's neighbour, a bare name is looked up in `PATH`.
+fn program(base: &Path, name: &str) -> PathBuf {
+    match name.contains('/') && Path::new(name).is_relative() {
+        true => resolve(base, name),
+        false => PathBuf::from(name),
     }
 }

@@ -16,7 +16,7 @@ use hubhook_core::auth;
 use hubhook_core::listener;
 use hubhook_core::plugin::PluginHandler;
 use hubhook_core::{Generic, Hook, Provider};
-use hubhook_handlers::{DockerHandler, LogFormat};
+use hubhook_handlers::{ComposeHandler, DockerHandler, LogFormat};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -179,6 +179,7 @@ pub(crate) enum HandlerKind {
         output_tail: Option<usize>,
     },
     Docker(Box<DockerHandler>),
+    Compose(Box<ComposeHandler>),
     Plugin(PluginHandler),
 }
 
@@ -188,6 +189,7 @@ impl HandlerKind {
             Self::Log { .. } => "log",
             Self::Shell { .. } => "shell",
             Self::Docker(_) => "docker",
+            Self::Compose(_) => "compose",
             Self::Plugin(_) => "plugin",
         }
     }

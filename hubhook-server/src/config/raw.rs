@@ -181,11 +181,18 @@ pub(super) enum HandlerType {
     Log,
     Shell,
     Docker,
+    Compose,
     Plugin,
 }
 
 impl HandlerType {
-    pub(super) const ALL: [Self; 4] = [Self::Log, Self::Shell, Self::Docker, Self::Plugin];
+    pub(super) const ALL: [Self; 5] = [
+        Self::Log,
+        Self::Shell,
+        Self::Docker,
+        Self::Compose,
+        Self::Plugin,
+    ];
 
     /// The word for it in the file, which is also a handler's name when it has none.
     pub(super) fn name(self) -> &'static str {
@@ -193,6 +200,7 @@ impl HandlerType {
             Self::Log => "log",
             Self::Shell => "shell",
             Self::Docker => "docker",
+            Self::Compose => "compose",
             Self::Plugin => "plugin",
         }
     }
@@ -240,6 +248,24 @@ pub(super) struct RawDocker {
     pub(super) ports: Option<Vec<String>>,
     pub(super) upstream_file: Option<String>,
     pub(super) reload: Option<Vec<String>>,
+}
+
+/// The keys of `compose` handlers beyond the common ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCompose {
+    pub(super) image: String,
+    pub(super) project_dir: String,
+    #[serde(default)]
+    pub(super) files: Vec<String>,
+    pub(super) project: Option<String>,
+    pub(super) services: Vec<String>,
+    pub(super) health: Option<String>,
+    pub(super) health_timeout: Option<HumanDuration>,
+    pub(super) step_timeout: Option<HumanDuration>,
+    pub(super) compose: Option<Vec<String>>,
+    pub(super) docker: Option<String>,
+    pub(super) docker_host: Option<String>,
 }
 
 /// The keys of `plugin` handlers beyond the common ones.

@@ -71,7 +71,7 @@ fn errors_name_line_and_key() {
     );
     assert_eq!(
         error(&format!("{KEY}\n[[handler]]\ntype = \"shel\"\n")),
-        "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker, plugin)"
+        "hubhook.toml:5: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker, compose, plugin)"
     );
     assert!(error(&format!("{KEY}[[handler]]\nname = \"x\"\n"))
         .starts_with("hubhook.toml:3: handler[0].type: missing required key `type`"));

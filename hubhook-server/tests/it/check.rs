@@ -59,7 +59,7 @@ fn broken_files_name_file_line_and_key() {
         // Unknown handler type.
         (
             format!("{AUTH}\n[[handler]]\nname = \"deploy\"\ntype = \"shel\"\n"),
-            "error: hubhook.toml:6: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker, plugin)",
+            "error: hubhook.toml:6: handler[0].type: unknown handler type \"shel\" (expected one of: log, shell, docker, compose, plugin)",
         ),
         // Bad listen address.
         (
@@ -119,7 +119,7 @@ fn broken_files_name_file_line_and_key() {
         // Missing required key.
         (
             format!("{AUTH}\n[[handler]]\nname = \"audit\"\n"),
-            "error: hubhook.toml:4: handler[0].type: missing required key `type` (one of: log, shell, docker, plugin)",
+            "error: hubhook.toml:4: handler[0].type: missing required key `type` (one of: log, shell, docker, compose, plugin)",
         ),
         (
             format!("{AUTH}\n[tls]\nkey = \"key.pem\"\n"),
@@ -249,6 +249,26 @@ fn the_sample_config_in_examples_passes() {
         stdout.contains("handlers: audit (log), blog (docker)"),
         "{stdout}"
     );
+}
+
+#[test]
+fn the_compose_example_passes() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/compose");
+    let read = |name: &str| std::fs::read_to_string(format!("{root}/{name}")).expect(name);
+    let dir = TempDir::new("check-compose-example");
+    dir.write("docker-compose.yml", &read("docker-compose.yml"));
+    dir.write_private(
+        "hubhook.toml",
+        &read("hubhook.toml").replace(
+            "<paste the output of hubhook keygen>",
+            "Zq3-Hk9vXw2Lr8Tn5Yb7Pd4Mf6Gc1Js0",
+        ),
+    );
+    let out = hubhook(&["check", "--config", "hubhook.toml"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("handlers: site (compose)"), "{stdout}");
 }
 
 /// A planted key never appears in what `check`, `deliveries`, `keygen`-free commands or any
@@ -575,4 +595,43 @@ fn every_row_of_the_errors_table_is_what_check_prints() {
             "{problem}:\nCONFIG.md: {message}\ncheck:     {got}"
         );
     }
+}
+
+#[test]
+fn compose_handlers_are_checked_against_compose_config() {
+    let dir = TempDir::new("check-compose");
+    dir.write(
+        "site/docker-compose.yml",
+        "version: \"3.7\"\nservices:\n  web:\n    image: acme/site:live\n  db:\n    image: postgres:16\n",
+    );
+    let handler = |keys: &str| {
+        format!("{AUTH}\n[[handler]]\ntype = \"compose\"\nimage = \"acme/site\"\nproject_dir = \"site\"\n{keys}")
+    };
+    for (keys, want) in [
+        (
+            "services = [\"api\"]\n",
+            "error: hubhook.toml:8: handler[0].services: the project has no service \"api\" (it has: db, web)",
+        ),
+        (
+            "services = [\"db\"]\n",
+            "error: hubhook.toml:8: handler[0].services: service \"db\" runs image \"postgres:16\", not the configured repository \"acme/site\"",
+        ),
+        (
+            "services = [\"web\"]\ntag = \"v2\"\n",
+            "error: hubhook.toml:9: handler[0].tag: the compose file names tag \"live\"",
+        ),
+        (
+            "services = [\"web\"]\nfiles = [\"nope.yml\"]\n",
+            "error: hubhook.toml:7: handler[0].project_dir: compose file invalid: ",
+        ),
+    ] {
+        let got = refused(&dir, &handler(keys));
+        assert!(got.starts_with(want), "for {keys}\nwant: {want}\ngot:  {got}");
+        if keys.contains("nope.yml") {
+            assert!(got.contains("nope.yml"), "compose's own reason: {got}");
+        }
+    }
+    let (code, stdout, stderr) = check(&dir, &handler("services = [\"web\"]\n"));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("compose"), "{stdout}");
 }
