@@ -111,6 +111,10 @@ pub struct ComposeHandler {
     services: Vec<String>,
     /// The compose command; found on first use when not set.
     compose: Arc<OnceLock<Vec<String>>>,
+    /// The project's name as Compose labels its containers, learned from the first
+    /// container found: then the containers are listed by `docker ps` (milliseconds)
+    /// instead of `compose ps` (a Python start-up, for Compose 1).
+    labelled: Arc<OnceLock<String>>,
     health: Health,
     health_timeout: Duration,
     docker: Docker,
@@ -147,6 +151,7 @@ impl ComposeHandler {
             project: None,
             services,
             compose: Arc::new(OnceLock::new()),
+            labelled: Arc::new(OnceLock::new()),
             health: Health::None,
             health_timeout: Duration::from_secs(30),
             docker: Docker {
@@ -360,31 +365,64 @@ impl ComposeHandler {
         }
     }
 
-    /// The containers of `service` in the project, by id.
+    /// The containers of `service` in the project, by id (stopped ones too, as
+    /// `compose ps -q` lists them).
     async fn containers(&self, service: &str) -> Result<Vec<String>, Failure> {
-        let mut command = Command::new(&self.compose_argv()[0]);
-        command
-            .args(self.compose_args(&["ps", "-q", service]))
-            .current_dir(&self.project_dir);
-        let ids = self
-            .docker
-            .output(command, "compose ps", self.docker.step_timeout)
-            .await?;
+        let ids = match self.labelled.get() {
+            Some(project) => {
+                let project = format!("label=com.docker.compose.project={project}");
+                let service = format!("label=com.docker.compose.service={service}");
+                self.docker
+                    .run(&[
+                        "ps",
+                        "--all",
+                        "--quiet",
+                        "--no-trunc",
+                        "--filter",
+                        &project,
+                        "--filter",
+                        &service,
+                        "--filter",
+                        "label=com.docker.compose.oneoff=False",
+                    ])
+                    .await?
+            }
+            None => {
+                let mut command = Command::new(&self.compose_argv()[0]);
+                command
+                    .args(self.compose_args(&["ps", "-q", service]))
+                    .current_dir(&self.project_dir);
+                self.docker
+                    .output(command, "compose ps", self.docker.step_timeout)
+                    .await?
+            }
+        };
         Ok(ids.split_whitespace().map(str::to_owned).collect())
     }
 
-    /// The image id each service's first container runs, in service order.
+    /// The image id each service's first container runs, in service order; learns the
+    /// project's label on the way.
     async fn running_images(&self) -> Result<Vec<Option<String>>, Failure> {
         let mut images = Vec::new();
         for service in &self.services {
             let image = match self.containers(service).await?.first() {
-                Some(id) => Some(
-                    self.docker
-                        .run(&["inspect", "--format", "{{.Image}}", id])
-                        .await?
-                        .trim()
-                        .to_owned(),
-                ),
+                Some(id) => {
+                    let found = self
+                        .docker
+                        .run(&[
+                            "inspect",
+                            "--format",
+                            "{{.Image}} {{index .Config.Labels \"com.docker.compose.project\"}}",
+                            id,
+                        ])
+                        .await?;
+                    let mut fields = found.split_whitespace();
+                    let image = fields.next().unwrap_or_default().to_owned();
+                    if let Some(project) = fields.next() {
+                        let _ = self.labelled.set(project.to_owned());
+                    }
+                    Some(image)
+                }
                 None => None,
             };
             images.push(image);
