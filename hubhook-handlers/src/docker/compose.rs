@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::process::Command;
 
 use super::cli::{Docker, Failure};
-use super::{deploy_lock, failed, health, normalize, object_name, Counted, Health};
+use super::{failed, health, normalize, object_name, own_task, pushed_tag, Health};
 
 /// The compose command tried first; `docker-compose` when the plugin is missing.
 const PLUGIN: [&str; 2] = ["docker", "compose"];
@@ -432,18 +432,7 @@ impl ComposeHandler {
 
     /// Checks what the payload chose: this repository and exactly the file's tag.
     fn check_message(&self, msg: &HubMessage) -> Result<String, HandlerError> {
-        let pushed = match msg.registry() {
-            Some(host) => format!("{host}/{}", msg.repo()),
-            None => msg.repo().to_owned(),
-        };
-        if normalize(&pushed) != normalize(&self.image) {
-            return Err(HandlerError::Rejected(format!(
-                "pushed repository {pushed} is not the configured image {}",
-                self.image
-            )));
-        }
-        let tag = msg.tag();
-        check_tag(tag).map_err(|e| HandlerError::Rejected(format!("tag {tag:?} {e}")))?;
+        let tag = pushed_tag(&self.image, msg)?;
         if tag != self.tag {
             return Err(HandlerError::Rejected(format!(
                 "tag {tag} is not the tag the compose file names ({}); Compose deploys only that one",
@@ -570,26 +559,12 @@ impl Handler for ComposeHandler {
     async fn handle(&self, msg: &HubMessage, ctx: &Context) -> Result<Outcome, HandlerError> {
         // Everything the payload chooses is checked before any command.
         self.check_message(msg)?;
-        // One deploy per project at a time; it runs in its own task so that a dropped
-        // run still finishes or rolls back (see the docker handler).
-        let lock = deploy_lock(&self.lock_key());
-        let (this, msg, ctx) = (self.clone(), msg.clone(), ctx.clone());
-        let counted = Counted::new();
-        let task = tokio::spawn(async move {
-            let _counted = counted;
-            let _held = tokio::select! {
-                held = lock.lock_owned() => held,
-                () = ctx.cancelled() => return Err(HandlerError::Cancelled),
-            };
-            this.deploy(&msg, &ctx).await
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => {
-                Err(HandlerError::Panicked("the deploy task panicked".into()))
-            }
-            Err(e) => Err(failed(format!("the deploy task ended: {e}"))),
-        }
+        // One deploy per project at a time, in its own task (see the docker handler).
+        let (this, msg, inner) = (self.clone(), msg.clone(), ctx.clone());
+        own_task(&self.lock_key(), ctx, async move {
+            this.deploy(&msg, &inner).await
+        })
+        .await
     }
 }
 

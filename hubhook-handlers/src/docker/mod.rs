@@ -7,8 +7,9 @@
 //! recorded by the engine itself, in the containers' names, and a reconciler finishes or
 //! undoes a swap that hubhook itself did not finish (`swap`). Service mode: the tag is
 //! resolved to its digest first, then `docker service update --image` with Swarm's own
-//! rollback on failure (`service`). Every docker command has a time limit (`cli`); the
-//! health gate is `health`.
+//! rollback on failure (`service`). Compose mode (`compose`, its own handler type) lets
+//! Compose recreate the services, with the same pull-first, gate and rollback. Every
+//! docker command has a time limit (`cli`); the health gate is `health`.
 //!
 //! The image comes from configuration. The payload only picks a tag that the configured
 //! pattern allows, and every payload value is checked against the image-reference grammar
@@ -288,18 +289,7 @@ impl DockerHandler {
     /// tag (or digest). A `HubMessage` is valid by construction, so its values have
     /// passed the image-reference grammar already.
     pub fn reference_for(&self, msg: &HubMessage) -> Result<String, HandlerError> {
-        let pushed = match msg.registry() {
-            Some(host) => format!("{host}/{}", msg.repo()),
-            None => msg.repo().to_owned(),
-        };
-        if normalize(&pushed) != normalize(&self.image) {
-            return Err(HandlerError::Rejected(format!(
-                "pushed repository {pushed} is not the configured image {}",
-                self.image
-            )));
-        }
-        let tag = msg.tag();
-        check_tag(tag).map_err(|e| HandlerError::Rejected(format!("tag {tag:?} {e}")))?;
+        let tag = pushed_tag(&self.image, msg)?;
         if !self.tag.matches(tag) {
             return Err(HandlerError::Rejected(format!(
                 "tag {tag} does not match the configured pattern {}",
@@ -477,29 +467,55 @@ impl Handler for DockerHandler {
         // Everything the payload chooses is checked before any docker call.
         self.reference_for(msg)?;
         // Two deploys of one container or service never overlap, whichever handler runs them.
-        let lock = deploy_lock(&self.lock_key());
-        // The deploy runs in its own task, lock included: if this run is dropped (its
-        // timeout or the shutdown's grace period ran out) half-way through a swap, the task
-        // still finishes the swap or puts the old container back, and a server waits for
-        // it before exiting (`finish_swaps`). The cancellation reaches it through `ctx`,
-        // which stops the wait for the lock, the pull and the health gate, never a swap step.
-        let (this, msg, ctx) = (self.clone(), msg.clone(), ctx.clone());
-        let counted = Counted::new();
-        let task = tokio::spawn(async move {
-            let _counted = counted;
-            let _held = tokio::select! {
-                held = lock.lock_owned() => held,
-                () = ctx.cancelled() => return Err(HandlerError::Cancelled),
-            };
-            this.deploy(&msg, &ctx).await
-        });
-        match task.await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => {
-                Err(HandlerError::Panicked("the deploy task panicked".into()))
-            }
-            Err(e) => Err(failed(format!("the deploy task ended: {e}"))),
-        }
+        let (this, msg, inner) = (self.clone(), msg.clone(), ctx.clone());
+        own_task(&self.lock_key(), ctx, async move {
+            this.deploy(&msg, &inner).await
+        })
+        .await
+    }
+}
+
+/// The pushed tag, once the pushed repository is `image` and the tag passes the grammar;
+/// refused otherwise, before any command.
+fn pushed_tag<'m>(image: &str, msg: &'m HubMessage) -> Result<&'m str, HandlerError> {
+    let pushed = match msg.registry() {
+        Some(host) => format!("{host}/{}", msg.repo()),
+        None => msg.repo().to_owned(),
+    };
+    if normalize(&pushed) != normalize(image) {
+        return Err(HandlerError::Rejected(format!(
+            "pushed repository {pushed} is not the configured image {image}"
+        )));
+    }
+    let tag = msg.tag();
+    check_tag(tag).map_err(|e| HandlerError::Rejected(format!("tag {tag:?} {e}")))?;
+    Ok(tag)
+}
+
+/// Runs `deploy` in its own task, holding the deploy lock `key`: if the run is dropped
+/// (its timeout or the shutdown's grace period ran out) half-way through a swap, the task
+/// still finishes or rolls back, and a server waits for it before exiting
+/// (`finish_swaps`). The cancellation reaches it through `ctx`, which stops the wait for
+/// the lock here; the deploy decides which of its steps it stops.
+async fn own_task<F>(key: &str, ctx: &Context, deploy: F) -> Result<Outcome, HandlerError>
+where
+    F: std::future::Future<Output = Result<Outcome, HandlerError>> + Send + 'static,
+{
+    let lock = deploy_lock(key);
+    let ctx = ctx.clone();
+    let counted = Counted::new();
+    let task = tokio::spawn(async move {
+        let _counted = counted;
+        let _held = tokio::select! {
+            held = lock.lock_owned() => held,
+            () = ctx.cancelled() => return Err(HandlerError::Cancelled),
+        };
+        deploy.await
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(HandlerError::Panicked("the deploy task panicked".into())),
+        Err(e) => Err(failed(format!("the deploy task ended: {e}"))),
     }
 }
 
