@@ -16,20 +16,18 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::CertificateDer;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
+use crate::client::{Client, Failure, USER_AGENT};
 use crate::observe::{AttemptFinished, DeliveryStatus, Observer, RunStatus, Settled};
 
 const MAX_DESCRIPTION: usize = 255;
 const MAX_CONTEXT: usize = 100;
 const MAX_RESPONSE_BUFFER: usize = 64 * 1024;
-const USER_AGENT: &str = concat!("hubhook/", env!("CARGO_PKG_VERSION"));
 
 /// Where callbacks may go, and the HTTPS client that sends them.
 ///
@@ -245,36 +243,11 @@ impl Target {
             origin: origin.clone(),
             source,
         };
-        let name = ServerName::try_from(bare.to_owned())
-            .map_err(|e| tls_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         let host_header = HeaderValue::from_str(self.authority.as_str()).map_err(|_| {
             CallbackError::InvalidUrl {
                 reason: "the host is not usable in a Host header".into(),
             }
         })?;
-
-        let tcp = TcpStream::connect((bare, self.port))
-            .await
-            .map_err(|source| CallbackError::Connect {
-                origin: origin.clone(),
-                source,
-            })?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(tls_error)?;
-        // The buffer bounds the response head, and how much of the body is ever read (none
-        // is asked for).
-        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .max_buf_size(MAX_RESPONSE_BUFFER)
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(http_error)?;
-        // Dropped on return, or with this future when the timeout fires.
-        let _conn = AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        }));
-
         let length = HeaderValue::from(json.len());
         let mut request = Request::new(Full::new(Bytes::from(json)));
         *request.method_mut() = Method::POST;
@@ -288,7 +261,26 @@ impl Target {
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         headers.insert(header::CONTENT_LENGTH, length);
 
-        let response = sender.send_request(request).await.map_err(http_error)?;
+        // The buffer bounds the response head; no body is read.
+        let response = Client::new()
+            .tls(config)
+            .max_head(MAX_RESPONSE_BUFFER)
+            .exchange(bare, self.port, true, request)
+            .await
+            .map_err(|failure| match failure {
+                Failure::Connect(source) => CallbackError::Connect {
+                    origin: origin.clone(),
+                    source,
+                },
+                Failure::Tls(source) => tls_error(source),
+                Failure::Http(source) => http_error(source),
+                // Neither happens here (a TLS configuration is given, no body is read);
+                // they are still errors, not panics.
+                Failure::NoTls => CallbackError::TlsSetup {
+                    reason: "no TLS configuration".into(),
+                },
+                Failure::Body(reason) => tls_error(io::Error::other(reason)),
+            })?;
         let status = response.status();
         if status.is_success() {
             Ok(status.as_u16())
@@ -312,15 +304,6 @@ impl Target {
                 status: status.as_u16(),
             })
         }
-    }
-}
-
-/// Aborts the connection task, and so closes the socket, when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

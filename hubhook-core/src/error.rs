@@ -27,11 +27,18 @@ pub(crate) enum Kind {
     /// The listening socket could not be bound.
     Bind(SocketAddr),
     /// A TLS file, or the pair, could not be used: which one, the file, what is wrong.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Tls(TlsPart, PathBuf, String),
     /// The journal could not be read or written.
     Journal,
     /// An I/O error while serving.
     Io,
+    /// An outbound connection to this origin failed.
+    Connect(String),
+    /// The TLS handshake with this origin failed.
+    Handshake(String),
+    /// The HTTP exchange with this origin failed.
+    Http(String),
 }
 
 /// Which part of a TLS configuration an error is about.
@@ -70,10 +77,10 @@ impl Error {
         matches!(self.kind, Kind::Bind(_))
     }
 
-    /// A TLS certificate or key could not be read or used; [`path`](Self::path) names
-    /// the file.
+    /// A TLS certificate or key could not be read or used ([`path`](Self::path) names the
+    /// file), or an outbound TLS handshake failed ([`client`](crate::client)).
     pub fn is_tls(&self) -> bool {
-        matches!(self.kind, Kind::Tls(..))
+        matches!(self.kind, Kind::Tls(..) | Kind::Handshake(_))
     }
 
     /// A TLS error about the private key (not the certificate or the pair).
@@ -89,6 +96,18 @@ impl Error {
     /// An I/O error while serving.
     pub fn is_io(&self) -> bool {
         matches!(self.kind, Kind::Io)
+    }
+
+    /// An outbound connection ([`client`](crate::client)) could not be made; the
+    /// [`source`](std::error::Error::source) is the `io::Error`.
+    pub fn is_connect(&self) -> bool {
+        matches!(self.kind, Kind::Connect(_))
+    }
+
+    /// An outbound HTTP exchange ([`client`](crate::client)) failed after connecting: a
+    /// broken or oversized answer, a closed connection.
+    pub fn is_http(&self) -> bool {
+        matches!(self.kind, Kind::Http(_))
     }
 
     /// The file the error is about, when it is about one (a TLS certificate or key).
@@ -148,7 +167,24 @@ impl fmt::Display for Error {
                 Some(cause) => write!(f, "{cause}"),
                 None => f.write_str("I/O error"),
             },
+            Kind::Connect(origin) => with_cause(f, format_args!("cannot connect to {origin}"), &self.source),
+            Kind::Handshake(origin) => with_cause(f, format_args!("TLS with {origin} failed"), &self.source),
+            Kind::Http(origin) => {
+                with_cause(f, format_args!("HTTP exchange with {origin} failed"), &self.source)
+            }
         }
+    }
+}
+
+/// `what: cause`, or `what` alone.
+fn with_cause(
+    f: &mut fmt::Formatter<'_>,
+    what: fmt::Arguments<'_>,
+    cause: &Option<Cause>,
+) -> fmt::Result {
+    match cause {
+        Some(cause) => write!(f, "{what}: {cause}"),
+        None => write!(f, "{what}"),
     }
 }
 

@@ -78,6 +78,7 @@
 pub mod auth;
 #[cfg(feature = "callback")]
 pub mod callback;
+pub mod client;
 pub mod dispatch;
 mod error;
 mod handler;

@@ -4,16 +4,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::error::Error as _;
+
 use bytes::Bytes;
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
+use hubhook_core::client::{self, Client};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use tokio::net::TcpStream;
+
+/// How long `send` waits for its answer, connecting included.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of an answer's body `send` reads and prints.
+const MAX_ANSWER: usize = 1024 * 1024;
 
 /// What `send` reports: the status line and the body of the answer.
 pub(crate) struct Answer {
@@ -64,52 +70,45 @@ pub(crate) async fn send(
     let mut request = Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
         .header(http::header::HOST, authority)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header(
-            http::header::USER_AGENT,
-            concat!("hubhook/", env!("CARGO_PKG_VERSION")),
-        );
+        .header(http::header::USER_AGENT, client::USER_AGENT);
     if let Some(key) = key {
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
     }
     let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| format!("cannot build the request: {e}"))?;
-
-    let exchange = async {
-        let tcp = TcpStream::connect((bare_host.as_str(), port))
-            .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        if tls {
-            let config = client_tls(cacert)?;
-            let name = ServerName::try_from(bare_host.clone())
-                .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
-            let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "TLS handshake with {host}:{port} failed: {}",
-                        handshake_error(&e, cacert)
-                    )
-                })?;
-            exchange(TokioIo::new(stream), request).await
-        } else {
+    let mut client = Client::new().connect_timeout(TIMEOUT).read_body(MAX_ANSWER);
+    if tls {
+        client = client.tls(Arc::new(client_tls(cacert)?));
+    }
+    let answer = tokio::time::timeout(TIMEOUT, client.send(&bare_host, port, tls, request))
+        .await
+        .map_err(|_| format!("no answer from {host}:{port} within 30 s"))?;
+    let response = answer.map_err(|e| {
+        let cause = e.source().map_or_else(String::new, ToString::to_string);
+        if e.is_connect() {
+            format!("cannot connect to {host}:{port}: {cause}")
+        } else if e.is_tls() {
+            let shown = match e.source().and_then(|s| s.downcast_ref::<std::io::Error>()) {
+                Some(io) => handshake_error(io, cacert),
+                None => cause,
+            };
+            format!("TLS handshake with {host}:{port} failed: {shown}")
+        } else if !tls
+            && (cause.contains("invalid HTTP version")
+                || cause.contains("connection closed before message completed"))
+        {
             // Plain HTTP to a TLS port reads the server's TLS alert as a broken status
             // line: say what that most likely means.
-            exchange(TokioIo::new(tcp), request).await.map_err(|e| {
-                if e.contains("invalid HTTP version")
-                    || e.contains("connection closed before message completed")
-                {
-                    format!("{e}; is {host}:{port} an HTTPS server? try https://")
-                } else {
-                    e
-                }
-            })
+            format!("request failed: {cause}; is {host}:{port} an HTTPS server? try https://")
+        } else {
+            format!("request failed: {cause}")
         }
-    };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .map_err(|_| format!("no answer from {host}:{port} within 30 s"))?
+    })?;
+    Ok(Answer {
+        status: response.status(),
+        body: String::from_utf8_lossy(response.body()).into_owned(),
+    })
 }
 
 /// Where `send` posts to, read from its URL.
@@ -162,31 +161,6 @@ fn target(url: &str) -> Result<Target, String> {
         authority,
         bare_host,
         uri,
-    })
-}
-
-async fn exchange<I>(io: TokioIo<I>, request: Request<Full<Bytes>>) -> Result<Answer, String>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    tokio::spawn(conn);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("cannot read the answer: {e}"))?
-        .to_bytes();
-    Ok(Answer {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
 

@@ -2,6 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hubhook_core::client::{self, Client};
 use hubhook_core::Context;
 use tokio::task::JoinSet;
 
@@ -105,27 +108,26 @@ async fn http_ok(url: String) -> bool {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    // `http://host/` means port 80; connecting needs it spelled out.
-    let address = if authority.ends_with(']') || !authority.contains(':') {
-        format!("{authority}:80")
-    } else {
-        authority.to_owned()
+    let Ok(authority) = authority.parse::<http::uri::Authority>() else {
+        return false;
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: hubhook\r\n\r\n"
-    );
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(Ok(mut tcp)) =
-        tokio::time::timeout(CONNECT, tokio::net::TcpStream::connect(&address)).await
+    // `http://host/` means port 80.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let Ok(request) = http::Request::get(path)
+        .header(http::header::HOST, authority.as_str())
+        .header(http::header::USER_AGENT, client::USER_AGENT)
+        .body(Full::new(Bytes::new()))
     else {
         return false;
     };
-    let answer = async {
-        tcp.write_all(request.as_bytes()).await.ok()?;
-        let mut head = [0u8; 12];
-        tcp.read_exact(&mut head).await.ok()?;
-        // "HTTP/1.1 200"
-        Some(head.starts_with(b"HTTP/1.") && head[9] == b'2')
-    };
-    matches!(tokio::time::timeout(ANSWER, answer).await, Ok(Some(true)))
+    let client = Client::new().connect_timeout(CONNECT);
+    let probe = client.send(host, port, false, request);
+    matches!(
+        tokio::time::timeout(CONNECT + ANSWER, probe).await,
+        Ok(Ok(answer)) if answer.status().is_success()
+    )
 }
