@@ -43,6 +43,7 @@ pub(crate) enum Kind {
 
 /// Which part of a TLS configuration an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) enum TlsPart {
     Certificate,
     Key,
@@ -59,6 +60,7 @@ impl Error {
         self
     }
 
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn tls(part: TlsPart, path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Self::new(Kind::Tls(part, path.into(), reason.into()))
     }
@@ -119,6 +121,7 @@ impl Error {
     }
 
     /// This TLS error, now about `cert` or `key` (whichever it concerns).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn at_files(self, cert: &Path, key: &Path) -> Self {
         match self.kind {
             Kind::Tls(part, _, reason) => {
