@@ -152,34 +152,12 @@ impl Callbacks {
     async fn client_config(&self) -> Result<Arc<ClientConfig>, CallbackError> {
         let built = self
             .tls
-            .get_or_init(|| build_client_config(self.extra_roots.clone()))
+            .get_or_init(|| crate::client::system_roots(self.extra_roots.clone()))
             .await;
         built
             .clone()
             .map_err(|reason| CallbackError::TlsSetup { reason })
     }
-}
-
-/// The system's roots plus `roots`; HTTP/1.1 only.
-async fn build_client_config(mut roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
-    // Reading the system's certificates is file I/O: keep it off the runtime's threads.
-    let native = tokio::task::spawn_blocking(rustls_native_certs::load_native_certs)
-        .await
-        .map_err(|e| format!("loading the system's certificates failed: {e}"))?;
-    roots.add_parsable_certificates(native.certs);
-    if roots.is_empty() {
-        return Err("no trusted root certificates: the system has none \
-                    and none were added with add_roots_pem_file"
-            .to_owned());
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// A checked callback URL.

@@ -195,6 +195,31 @@ impl Client {
     }
 }
 
+/// The system's roots plus `roots`; HTTP/1.1 only.
+#[cfg(any(feature = "callback", feature = "notify"))]
+pub(crate) async fn system_roots(
+    mut roots: rustls::RootCertStore,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    // Reading the system's certificates is file I/O: keep it off the runtime's threads.
+    let native = tokio::task::spawn_blocking(rustls_native_certs::load_native_certs)
+        .await
+        .map_err(|e| format!("loading the system's certificates failed: {e}"))?;
+    roots.add_parsable_certificates(native.certs);
+    if roots.is_empty() {
+        return Err("no trusted root certificates: the system has none \
+                    and none were added with add_roots_pem_file"
+            .to_owned());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+
 /// Why an exchange failed, with the cause as it came.
 #[derive(Debug)]
 pub(crate) enum Failure {

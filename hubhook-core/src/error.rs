@@ -33,6 +33,8 @@ pub(crate) enum Kind {
     Journal,
     /// An I/O error while serving.
     Io,
+    /// A notification destination is not usable: the reason.
+    InvalidNotify(String),
     /// An outbound connection to this origin failed.
     Connect(String),
     /// The TLS handshake with this origin failed.
@@ -70,7 +72,11 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(
             self.kind,
-            Kind::NoApiKey | Kind::EmptyApiKey | Kind::InvalidPath(..) | Kind::DuplicateHandler(_)
+            Kind::NoApiKey
+                | Kind::EmptyApiKey
+                | Kind::InvalidPath(..)
+                | Kind::DuplicateHandler(_)
+                | Kind::InvalidNotify(_)
         )
     }
 
@@ -170,6 +176,7 @@ impl fmt::Display for Error {
                 Some(cause) => write!(f, "{cause}"),
                 None => f.write_str("I/O error"),
             },
+            Kind::InvalidNotify(reason) => write!(f, "notification: {reason}"),
             Kind::Connect(origin) => with_cause(f, format_args!("cannot connect to {origin}"), &self.source),
             Kind::Handshake(origin) => with_cause(f, format_args!("TLS with {origin} failed"), &self.source),
             Kind::Http(origin) => {

@@ -87,6 +87,8 @@ pub mod journal;
 pub mod listener;
 pub mod message;
 mod metrics;
+#[cfg(feature = "notify")]
+pub mod notify;
 mod observe;
 #[cfg(feature = "plugin")]
 pub mod plugin;

@@ -162,6 +162,7 @@ fn build_service(config: &Config, journal: Option<Arc<Journal>>) -> Result<Hubho
         }
         builder = builder.callbacks(callbacks);
     }
+    builder = builder.notify_all(config.notify.iter().cloned());
     Ok(builder.build()?)
 }
 

@@ -243,12 +243,13 @@ fn commit(conn: &mut Connection, batch: &[Op], seq: &mut i64) -> rusqlite::Resul
     tx.commit()
 }
 
-/// Sets a delivery's status from its final attempts on record (the callback's line
-/// aside), by [`DeliveryStatus::settle`]: the attempts of a run before a restart count too.
+/// Sets a delivery's status from its final attempts on record (the callback's and the
+/// notifications' lines aside), by [`DeliveryStatus::settle`]: the attempts of a run before a restart count too.
 fn finish(conn: &Connection, id: &str, at: i64) -> rusqlite::Result<()> {
     let finals = conn
         .prepare_cached(
-            "SELECT status FROM runs WHERE delivery = ?1 AND final = 1 AND handler != 'callback'",
+            "SELECT status FROM runs WHERE delivery = ?1 AND final = 1
+             AND handler != 'callback' AND handler NOT LIKE 'notify:%'",
         )?
         .query_map([id], |row| row.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;

@@ -9,6 +9,8 @@ mod connection;
 mod contract;
 mod dispatch;
 mod logs;
+#[cfg(feature = "notify")]
+mod notify;
 mod properties;
 mod providers;
 mod queues;

@@ -50,6 +50,14 @@ impl Parser<'_> {
                         "must be 1 to 64 characters, without control characters".into(),
                     ));
                 }
+                // The journal records the callback and notifications under these.
+                if text == "callback" || text.starts_with("notify:") {
+                    return Err(self.error_at(
+                        name.span(),
+                        &at.key("name"),
+                        format!("{text:?} is hubhook's own name for the callback and notifications; choose another"),
+                    ));
+                }
                 text.clone()
             }
             None => kind.name().to_owned(),

@@ -111,6 +111,8 @@ pub(crate) struct Config {
     pub(crate) dockerhub_hook: bool,
     pub(crate) hooks: Vec<HookSpec>,
     pub(crate) handlers: Vec<HandlerSpec>,
+    /// The `[[notify]]` destinations.
+    pub(crate) notify: Vec<hubhook_core::notify::Notify>,
     /// What `check` prints and `serve` logs as warnings (a config file others can read).
     pub(crate) warnings: Vec<String>,
 }
@@ -221,6 +223,7 @@ impl Config {
             warnings: Vec::new(),
             dockerhub_hook: true,
             hooks: Vec::new(),
+            notify: Vec::new(),
             handlers: vec![HandlerSpec {
                 name: "log".to_owned(),
                 repo: None,
@@ -251,7 +254,9 @@ impl Config {
         let mut config = parser.parse()?;
         config.warnings.extend(parser.warnings.take());
         // A file that holds keys or secrets is as secret as they are; ssh warns likewise.
-        let holds_secrets = text.contains("api_keys") || text.contains("secret");
+        // Webhook URLs carry tokens too.
+        let holds_secrets =
+            text.contains("api_keys") || text.contains("secret") || text.contains("[[notify]]");
         if let (true, Err(why)) = (holds_secrets, private(file)) {
             config
                 .warnings
@@ -333,6 +338,7 @@ struct Parser<'a> {
 
 mod handler;
 mod hook;
+mod notify;
 mod parse;
 mod raw;
 #[cfg(test)]

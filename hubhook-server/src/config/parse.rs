@@ -21,6 +21,10 @@ impl Parser<'_> {
             config.tls = Some(self.tls(tls, base, &config.data_dir)?);
         }
         self.handlers(&raw, &mut config, base)?;
+        for (i, table) in raw.notify.iter().enumerate() {
+            let notify = self.notify(i, table, &config.handlers)?;
+            config.notify.push(notify);
+        }
         Ok(config)
     }
 

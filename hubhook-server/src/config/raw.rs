@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     pub(super) handlers: Vec<Spanned<RawHandler>>,
     #[serde(default, rename = "hook")]
     pub(super) hooks: Vec<Spanned<RawHook>>,
+    #[serde(default, rename = "notify")]
+    pub(super) notify: Vec<Spanned<RawNotify>>,
 }
 
 /// `journal = true`, or a `[journal]` table.
@@ -248,6 +250,22 @@ pub(super) struct RawDocker {
     pub(super) ports: Option<Vec<String>>,
     pub(super) upstream_file: Option<String>,
     pub(super) reload: Option<Vec<String>>,
+}
+
+/// A `[[notify]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) name: Option<String>,
+    pub(super) url: Spanned<String>,
+    pub(super) on: Option<Vec<String>>,
+    pub(super) handlers: Option<Vec<String>>,
+    pub(super) repo: Option<String>,
+    pub(super) template: Option<String>,
+    pub(super) secret: Option<Spanned<String>>,
+    pub(super) timeout: Option<HumanDuration>,
+    pub(super) retries: Option<u32>,
+    pub(super) retry_backoff: Option<HumanDuration>,
 }
 
 /// The keys of `compose` handlers beyond the common ones.

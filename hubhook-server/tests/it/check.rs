@@ -148,6 +148,23 @@ fn broken_files_name_file_line_and_key() {
             "listen = \"127.0.0.1:1\"\n".to_owned(),
             "error: hubhook.toml: auth: no API key",
         ),
+        // Notifications.
+        (
+            format!("{AUTH}\n[[notify]]\nurl = \"smtp://mail.example.com/TOKEN\"\n"),
+            "error: hubhook.toml:5: notify[0].url: notification: unknown scheme \"smtp\"",
+        ),
+        (
+            format!("{AUTH}\n[[notify]]\nurl = \"slack://hooks.slack.com/services/T/B/X\"\non = [\"sometimes\"]\n"),
+            "error: hubhook.toml:6: notify[0].on: notification: unknown outcome \"sometimes\"",
+        ),
+        (
+            format!("{AUTH}\n[[notify]]\nurl = \"slack://hooks.slack.com/services/T/B/X\"\nhandlers = [\"deploy\"]\n"),
+            "error: hubhook.toml:6: notify[0].handlers: no handler is named \"deploy\"",
+        ),
+        (
+            format!("{AUTH}\n[[handler]]\ntype = \"log\"\nname = \"notify:x\"\n"),
+            "error: hubhook.toml:6: handler[0].name: \"notify:x\" is hubhook's own name",
+        ),
         // A provider this build does not know.
         (
             format!("{AUTH}\n[[hook]]\npath = \"/q\"\nprovider = \"quay\"\n"),

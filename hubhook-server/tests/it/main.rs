@@ -10,6 +10,7 @@ mod docs;
 mod e2e;
 mod environment;
 mod journal;
+mod notify;
 mod plugins;
 mod send;
 mod serve;
