@@ -1,8 +1,9 @@
 //! Test helpers shared by hubhook's integration tests: temporary directories, waiting for
-//! what sends no event ([`eventually`]), the real Docker engine, test images built with
-//! no pull, and a real registry on 127.0.0.1.
+//! what sends no event ([`eventually`]), a test CA ([`TestCa`]), the real Docker engine,
+//! test images built with no pull, and a real registry on 127.0.0.1.
 //! Everything they create carries the `hubhook-test` prefix and is removed on drop.
 
+mod ca;
 mod engine;
 mod nginx;
 
@@ -10,6 +11,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use ca::TestCa;
 pub use engine::*;
 pub use nginx::Nginx;
 

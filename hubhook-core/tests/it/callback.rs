@@ -22,8 +22,7 @@ fn hook_url(host: &str, port: u16) -> String {
     format!("https://{host}:{port}{HOOK_PATH}")
 }
 
-/// A test CA, a certificate it signed for "localhost", and the CA's PEM in a temp file
-/// (removed on drop).
+/// The kit's test CA with its PEM in a temp file (removed on drop).
 struct TestCa {
     pem_path: PathBuf,
     server: Arc<rustls::ServerConfig>,
@@ -32,42 +31,16 @@ struct TestCa {
 impl TestCa {
     fn new() -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "hubhook test CA");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        let ca = params.self_signed(&ca_key).expect("CA certificate");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("server params")
-            .signed_by(&key, &ca, &ca_key)
-            .expect("server certificate");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .expect("server config");
-        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let ca = hubhook_testkit::TestCa::new();
         let pem_path = std::env::temp_dir().join(format!(
             "hubhook-callback-ca-{}-{}.pem",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::write(&pem_path, ca.pem()).expect("write CA PEM");
+        std::fs::write(&pem_path, &ca.pem).expect("write CA PEM");
         Self {
             pem_path,
-            server: Arc::new(server),
+            server: ca.server,
         }
     }
 

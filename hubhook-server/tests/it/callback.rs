@@ -11,38 +11,6 @@ use crate::support::*;
 
 const TOKEN: &str = "2141b5bi5i5b02bec211i4eeih0242eg11000a";
 
-/// A CA, and a rustls server config for "localhost" signed by it; returns the CA's PEM.
-fn tls_for_localhost() -> (String, Arc<rustls::ServerConfig>) {
-    let ca_key = rcgen::KeyPair::generate().expect("CA key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "hubhook callback test CA");
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca = params.self_signed(&ca_key).expect("CA certificate");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .signed_by(&key, &ca, &ca_key)
-        .expect("certificate");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("server config");
-    (ca.pem(), Arc::new(config))
-}
-
 /// One request as the receiver read it: the request line and the body.
 type Seen = (String, String, Vec<u8>);
 
@@ -92,9 +60,9 @@ fn https_receiver(tls: Arc<rustls::ServerConfig>) -> (u16, mpsc::Receiver<Seen>)
 #[test]
 fn callbacks_go_to_allowed_hosts_only_with_the_documented_json() {
     let dir = TempDir::new("callback");
-    let (ca_pem, tls) = tls_for_localhost();
-    dir.write("ca.pem", &ca_pem);
-    let (port, seen) = https_receiver(tls);
+    let ca = hubhook_testkit::TestCa::new();
+    dir.write("ca.pem", &ca.pem);
+    let (port, seen) = https_receiver(ca.server.clone());
     // A listener the callback must never reach: not on the allowlist.
     let outsider = TcpListener::bind("127.0.0.1:0").expect("bind");
     outsider.set_nonblocking(true).expect("nonblocking");
