@@ -34,6 +34,7 @@ pub(crate) enum Kind {
     /// An I/O error while serving.
     Io,
     /// A notification destination is not usable: the reason.
+    #[cfg_attr(not(feature = "notify"), allow(dead_code))]
     InvalidNotify(String),
     /// An outbound connection to this origin failed.
     Connect(String),

@@ -7,7 +7,7 @@ use crate::reference::split_registry;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::reference::{self, ReferenceError};
+use crate::reference::{self, Digest, Name, ReferenceError, Tag};
 
 /// Docker Hub's documented example webhook payload, as its documentation shows it.
 ///
@@ -71,7 +71,7 @@ pub struct HubMessage {
     pub(crate) registry: Option<String>,
     /// The pushed manifest's digest (`sha256:...`), when the provider knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) digest: Option<String>,
+    pub(crate) digest: Option<Digest>,
     #[serde(skip)]
     pub(crate) raw: String,
 }
@@ -86,15 +86,15 @@ pub struct PushData {
     /// Who pushed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pusher: Option<String>,
-    /// The pushed tag; always valid tag syntax once decoded.
-    pub tag: String,
+    /// The pushed tag.
+    pub tag: Tag,
     /// Image digests, as older payloads listed them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<String>,
 }
 
 /// The `repository` object of the payload.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Repository {
     /// Short name (`"testhook"`).
@@ -105,8 +105,8 @@ pub struct Repository {
     /// Owner account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// Full name (`"svendowideit/testhook"`); always valid repository syntax once decoded.
-    pub repo_name: String,
+    /// Full name (`"svendowideit/testhook"`).
+    pub repo_name: Name,
     /// The repository's web page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo_url: Option<String>,
@@ -173,13 +173,27 @@ pub enum MessageError {
 }
 
 impl HubMessage {
-    /// A message with nothing in it, for the crate to fill in and validate; not public,
-    /// so that no caller holds an invalid message.
-    pub(crate) fn empty() -> Self {
+    /// A stand-in for a stored message that no longer decodes (`unreadable:latest`), so
+    /// that its delivery can still settle; crate-private, never a push anyone made.
+    pub(crate) fn unreadable() -> Self {
         Self {
             callback_url: None,
             push_data: PushData::default(),
-            repository: Repository::default(),
+            repository: Repository {
+                name: "unreadable".to_owned(),
+                namespace: None,
+                owner: None,
+                repo_name: Name::known("unreadable"),
+                repo_url: None,
+                is_private: None,
+                is_official: None,
+                is_trusted: None,
+                status: None,
+                description: None,
+                date_created: None,
+                star_count: None,
+                comment_count: None,
+            },
             source: String::new(),
             registry: None,
             digest: None,
@@ -204,7 +218,7 @@ impl HubMessage {
         if let Some(registry) = text("registry") {
             msg.registry = Some(registry);
         }
-        msg.digest = text("digest");
+        msg.digest = text("digest").as_deref().map(digest_of).transpose()?;
         msg.validate()?;
         Ok(msg)
     }
@@ -221,49 +235,51 @@ impl HubMessage {
         let (registry, path) = split_registry(repository);
         let name = path.rsplit('/').next().unwrap_or(path).to_owned();
         let namespace = path.rsplit_once('/').map(|(ns, _)| ns.to_owned());
+        let repo_name = name_of(repository, path)?;
         let msg = HubMessage {
+            callback_url: None,
             push_data: PushData {
-                tag: tag.to_owned(),
+                tag: tag_of(tag)?,
                 ..PushData::default()
             },
             repository: Repository {
                 name,
                 namespace,
-                repo_name: path.to_owned(),
-                ..Repository::default()
+                owner: None,
+                repo_name,
+                repo_url: None,
+                is_private: None,
+                is_official: None,
+                is_trusted: None,
+                status: None,
+                description: None,
+                date_created: None,
+                star_count: None,
+                comment_count: None,
             },
             source: "custom".to_owned(),
             registry: registry.map(str::to_owned),
-            ..HubMessage::empty()
+            digest: None,
+            raw: String::new(),
         };
         msg.validate()?;
         Ok(msg)
     }
 
-    /// Checks the fields that later code acts on against the image-reference grammar.
+    /// Checks the name with its registry host against the image-reference grammar (the
+    /// repository, tag and digest are checked as they are made: their types say so).
     pub(crate) fn validate(&self) -> Result<(), MessageError> {
-        reference::check_name(&self.full_name()).map_err(|e| repo_error(&self.full_name(), e))?;
-        reference::check_tag(&self.push_data.tag).map_err(|reason| MessageError::Tag {
-            tag: truncate(&self.push_data.tag, 64),
-            reason: reason.to_string(),
-        })?;
-        if let Some(digest) = &self.digest {
-            reference::check_digest(digest).map_err(|reason| MessageError::Digest {
-                digest: truncate(digest, 80),
-                reason: reason.to_string(),
-            })?;
-        }
-        Ok(())
+        reference::check_name(&self.full_name()).map_err(|e| repo_error(&self.full_name(), e))
     }
 
     /// The repository path as the provider names it (`"svendowideit/testhook"`), without
     /// the registry host.
-    pub fn repo(&self) -> &str {
+    pub fn repo(&self) -> &Name {
         &self.repository.repo_name
     }
 
     /// The pushed tag (`"latest"`).
-    pub fn tag(&self) -> &str {
+    pub fn tag(&self) -> &Tag {
         &self.push_data.tag
     }
 
@@ -290,8 +306,7 @@ impl HubMessage {
     /// The same message, pushed as the manifest `digest` (`sha256:…`); refused unless it
     /// is `algorithm:hex`.
     pub fn with_digest(mut self, digest: &str) -> Result<Self, MessageError> {
-        self.digest = Some(digest.to_owned());
-        self.validate()?;
+        self.digest = Some(digest_of(digest)?);
         Ok(self)
     }
 
@@ -334,8 +349,8 @@ impl HubMessage {
     }
 
     /// The pushed manifest's digest (`sha256:…`), when the provider knows it.
-    pub fn digest(&self) -> Option<&str> {
-        self.digest.as_deref()
+    pub fn digest(&self) -> Option<&Digest> {
+        self.digest.as_ref()
     }
 
     /// Who pushed, when the provider says.
@@ -353,9 +368,32 @@ impl HubMessage {
     pub fn full_name(&self) -> String {
         match &self.registry {
             Some(host) => format!("{host}/{}", self.repository.repo_name),
-            None => self.repository.repo_name.clone(),
+            None => self.repository.repo_name.to_string(),
         }
     }
+}
+
+/// `path` as the message's repository, once `full` (the path with its registry host, if
+/// any) passes the grammar.
+pub(crate) fn name_of(full: &str, path: &str) -> Result<Name, MessageError> {
+    reference::check_name(full).map_err(|e| repo_error(full, e))?;
+    Name::new(path).map_err(|e| repo_error(full, e))
+}
+
+/// `tag` as the message's tag, when the grammar allows it.
+pub(crate) fn tag_of(tag: &str) -> Result<Tag, MessageError> {
+    Tag::new(tag).map_err(|reason| MessageError::Tag {
+        tag: truncate(tag, 64),
+        reason: reason.to_string(),
+    })
+}
+
+/// `digest` as the message's digest, when it is `algorithm:hex`.
+pub(crate) fn digest_of(digest: &str) -> Result<Digest, MessageError> {
+    Digest::new(digest).map_err(|reason| MessageError::Digest {
+        digest: truncate(digest, 80),
+        reason: reason.to_string(),
+    })
 }
 
 fn repo_error(name: &str, reason: ReferenceError) -> MessageError {
@@ -404,7 +442,7 @@ mod tests {
     #[test]
     fn serialized_messages_round_trip() {
         let mut msg = HubMessage::new("127.0.0.1:5000/team/site", "v2").expect("valid");
-        msg.digest = Some(format!("sha256:{}", "a".repeat(64)));
+        msg.digest = Some(digest_of(&format!("sha256:{}", "a".repeat(64))).expect("digest"));
         msg.push_data.pusher = Some("alice".into());
         let json = serde_json::to_vec(&msg).expect("serializes");
         let back = HubMessage::from_serialized(&json).expect("decodes");

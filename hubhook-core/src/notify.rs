@@ -335,7 +335,7 @@ impl Notify {
 
     /// The text of the message for `run`.
     fn text(&self, id: DeliveryId, msg: &HubMessage, run: &Final) -> String {
-        let digest = msg.digest().unwrap_or("");
+        let digest = msg.digest().map_or("", |d| d.as_str());
         let duration = format!("{:.1?}", run.elapsed);
         let limit = self.service.text_limit();
         let text = match &self.template {

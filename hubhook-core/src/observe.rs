@@ -276,7 +276,7 @@ impl Record {
             // apart from Docker Hub's `team/app`, and `deliveries list --repo` takes what
             // the list shows.
             repo: msg.full_name(),
-            tag: msg.tag().to_owned(),
+            tag: msg.tag().to_string(),
             message: serde_json::to_string(msg).unwrap_or_default(),
             handlers,
         }
@@ -369,7 +369,7 @@ pub(crate) struct Log;
 impl Observer for Log {
     fn accepted(&self, e: &Accepted<'_>) {
         tracing::debug!(
-            delivery = %e.id, source = %e.msg.source, repo = e.msg.repo(), tag = e.msg.tag(),
+            delivery = %e.id, source = %e.msg.source, repo = e.msg.repo().as_str(), tag = e.msg.tag().as_str(),
             handlers = e.handlers.len(), "accepted a delivery"
         );
     }

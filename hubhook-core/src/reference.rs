@@ -266,3 +266,145 @@ mod tests {
         assert!(check_digest(&hex).is_err());
     }
 }
+
+/// A string newtype that only the grammar's `check` lets in.
+macro_rules! checked {
+    ($(#[$doc:meta])* $name:ident, $check:path, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            #[doc = concat!("Checks `value` as ", $what, ".")]
+            pub fn new(value: &str) -> Result<Self, ReferenceError> {
+                $check(value)?;
+                Ok(Self(value.to_owned()))
+            }
+
+            /// The text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// A value known to pass the grammar (a literal in this crate).
+            #[allow(dead_code)]
+            pub(crate) fn known(value: &'static str) -> Self {
+                debug_assert!($check(value).is_ok(), "{value:?}");
+                Self(value.to_owned())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = ReferenceError;
+
+            fn from_str(value: &str) -> Result<Self, ReferenceError> {
+                Self::new(value)
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+    };
+}
+
+checked!(
+    /// A repository name the grammar allows (`acme/site`, `127.0.0.1:5000/site`): what
+    /// [`HubMessage::repo`](crate::HubMessage::repo) returns, so no handler checks it again.
+    ///
+    /// ```
+    /// use hubhook_core::reference::Name;
+    ///
+    /// assert_eq!(Name::new("acme/site")?, "acme/site");
+    /// assert!(Name::new("acme/site; rm -rf /").is_err());
+    /// # Ok::<(), hubhook_core::reference::ReferenceError>(())
+    /// ```
+    Name,
+    check_name,
+    "a repository name"
+);
+
+checked!(
+    /// A tag the grammar allows (`latest`, `v1.2.3`): what
+    /// [`HubMessage::tag`](crate::HubMessage::tag) returns. It never starts with `-`, so
+    /// it can never become a flag.
+    ///
+    /// ```
+    /// use hubhook_core::reference::Tag;
+    ///
+    /// assert_eq!(Tag::new("v2")?.as_str(), "v2");
+    /// assert!(Tag::new("--privileged").is_err());
+    /// # Ok::<(), hubhook_core::reference::ReferenceError>(())
+    /// ```
+    Tag,
+    check_tag,
+    "a tag"
+);
+
+checked!(
+    /// A content digest the grammar allows (`sha256:` and 64 hex digits): what
+    /// [`HubMessage::digest`](crate::HubMessage::digest) returns.
+    Digest,
+    check_digest,
+    "a digest"
+);
+
+impl Default for Tag {
+    /// `latest`, the tag Docker means when none is written.
+    fn default() -> Self {
+        Self("latest".to_owned())
+    }
+}

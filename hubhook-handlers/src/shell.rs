@@ -168,8 +168,8 @@ impl ShellHandler {
 pub(crate) fn payload_env(msg: &HubMessage, ctx: &Context) -> Vec<(&'static str, String)> {
     let or_empty = |value: Option<&str>| value.unwrap_or_default().to_owned();
     vec![
-        ("HUBHOOK_REPO", msg.repo().to_owned()),
-        ("HUBHOOK_TAG", msg.tag().to_owned()),
+        ("HUBHOOK_REPO", msg.repo().to_string()),
+        ("HUBHOOK_TAG", msg.tag().to_string()),
         ("HUBHOOK_IMAGE", msg.image()),
         ("HUBHOOK_DELIVERY", ctx.delivery().to_string()),
         ("HUBHOOK_ATTEMPT", ctx.attempt().to_string()),
@@ -183,7 +183,7 @@ pub(crate) fn payload_env(msg: &HubMessage, ctx: &Context) -> Vec<(&'static str,
             msg.pushed_at().map(|at| at.to_string()).unwrap_or_default(),
         ),
         ("HUBHOOK_REGISTRY", or_empty(msg.registry())),
-        ("HUBHOOK_DIGEST", or_empty(msg.digest())),
+        ("HUBHOOK_DIGEST", or_empty(msg.digest().map(|d| d.as_str()))),
     ]
 }
 

@@ -45,7 +45,7 @@ impl Coalesce {
             },
             Self::Repo => match &msg.registry {
                 Some(host) => format!("{host}/{}", msg.repo()),
-                None => msg.repo().to_owned(),
+                None => msg.repo().to_string(),
             },
             Self::Handler => String::new(),
             Self::Off => id.as_str().to_owned(),

@@ -7,7 +7,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::message::{HubMessage, MessageError, PushData, Repository, SOURCE_DOCKERHUB};
+use crate::message::{
+    name_of, tag_of, HubMessage, MessageError, PushData, Repository, SOURCE_DOCKERHUB,
+};
 use crate::reference::split_registry;
 
 // `HubMessage::from_json` is defined here, beside the wire format it reads, so that the
@@ -74,6 +76,8 @@ fn decode(body: &[u8]) -> Result<HubMessage, MessageError> {
         ));
     }
     let registry = None;
+    let repo_name = name_of(&repo_name, &repo_name)?;
+    let tag = tag_of(&tag)?;
 
     let mut msg = HubMessage {
         callback_url: string(root.callback_url),

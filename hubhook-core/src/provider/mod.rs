@@ -232,7 +232,7 @@ impl Push<'_> {
         };
         let mut msg = HubMessage::new(&full, self.tag)?;
         msg.source = self.source.to_owned();
-        msg.digest = self.digest.map(str::to_owned);
+        msg.digest = self.digest.map(crate::message::digest_of).transpose()?;
         msg.push_data.pusher = self.pusher.map(str::to_owned);
         msg.push_data.pushed_at = self.pushed_at;
         msg.set_raw(raw);

@@ -170,8 +170,8 @@ impl HubhookService {
                     Busy::Full(handler) => ("a handler's queue is full", handler.as_str()),
                 };
                 tracing::warn!(
-                    repo = msg.repo(),
-                    tag = msg.tag(),
+                    repo = msg.repo().as_str(),
+                    tag = msg.tag().as_str(),
                     reason,
                     handler,
                     "refused a delivery with 503"

@@ -169,7 +169,7 @@ impl HubhookService {
             .collect();
         seam.settled(&Settled {
             id,
-            msg: &Arc::new(msg.unwrap_or_else(HubMessage::empty)),
+            msg: &Arc::new(msg.unwrap_or_else(HubMessage::unreadable)),
             status: DeliveryStatus::settle(finals.iter().map(|(_, s)| *s)),
             handlers: &finals,
             tracker: self.inner.dispatcher.tracker(),

@@ -23,7 +23,7 @@ impl Handler for Fragile {
         if msg.tag() == "boom" {
             panic!("the handler fell over");
         }
-        let _ = self.0.send(msg.tag().to_owned());
+        let _ = self.0.send(msg.tag().to_string());
         Ok(Outcome::new("fine"))
     }
 }

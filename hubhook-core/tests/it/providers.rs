@@ -94,7 +94,7 @@ async fn registry_envelopes_act_on_tagged_manifest_pushes_only() {
     assert_eq!(r.json()["deliveries"].as_array().map(Vec::len), Some(2));
     let (first, _) = next(&mut rx).await;
     let (second, _) = next(&mut rx).await;
-    let mut tags = vec![first.tag().to_owned(), second.tag().to_owned()];
+    let mut tags = vec![first.tag().to_string(), second.tag().to_string()];
     tags.sort();
     assert_eq!(tags, ["latest", "v2"]);
     assert_eq!(
@@ -103,7 +103,7 @@ async fn registry_envelopes_act_on_tagged_manifest_pushes_only() {
         "image = the hook's registry + repository"
     );
     assert_eq!(first.repo(), "team/site");
-    assert_eq!(first.digest(), Some(DIGEST));
+    assert_eq!(first.digest().map(|d| d.as_str()), Some(DIGEST));
     assert_eq!(first.image(), format!("127.0.0.1:5000/team/site@{DIGEST}"));
     assert_eq!(first.source(), "registry");
 

@@ -12,8 +12,9 @@
 //! docker command has a time limit (`cli`); the health gate is `health`.
 //!
 //! The image comes from configuration. The payload only picks a tag that the configured
-//! pattern allows, and every payload value is checked against the image-reference grammar
-//! again here, before anything reaches an argv: a payload value can never become a flag.
+//! pattern allows, and every payload value is a type that passed the image-reference
+//! grammar when the message was made (`reference::{Name, Tag, Digest}`): a payload value
+//! can never become a flag.
 
 mod bluegreen;
 mod cli;
@@ -27,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hubhook_core::reference::{check_name, check_tag};
+use hubhook_core::reference::check_name;
 use hubhook_core::{async_trait, Context, Handler, HandlerError, HubMessage, Outcome, Pattern};
 use tokio::sync::watch;
 
@@ -317,7 +318,7 @@ impl DockerHandler {
         let tagged = format!("{}:{}", self.image, msg.tag());
         let digests = self.pulled_digests(&tagged, ctx).await?;
         let digest = match msg.digest() {
-            Some(digest) if digests.iter().any(|d| d == digest) => digest,
+            Some(digest) if digests.iter().any(|d| digest == d.as_str()) => digest.as_str(),
             Some(digest) => {
                 return Err(HandlerError::Rejected(format!(
                     "{tagged} does not point to the pushed digest {digest} (a newer push won, or \
@@ -475,21 +476,17 @@ impl Handler for DockerHandler {
     }
 }
 
-/// The pushed tag, once the pushed repository is `image` and the tag passes the grammar;
-/// refused otherwise, before any command.
+/// The pushed tag, once the pushed repository is `image`; refused otherwise, before any
+/// command. The tag needs no check here: a [`Tag`](hubhook_core::reference::Tag) passed
+/// the grammar when the message was made.
 fn pushed_tag<'m>(image: &str, msg: &'m HubMessage) -> Result<&'m str, HandlerError> {
-    let pushed = match msg.registry() {
-        Some(host) => format!("{host}/{}", msg.repo()),
-        None => msg.repo().to_owned(),
-    };
+    let pushed = msg.full_name();
     if normalize(&pushed) != normalize(image) {
         return Err(HandlerError::Rejected(format!(
             "pushed repository {pushed} is not the configured image {image}"
         )));
     }
-    let tag = msg.tag();
-    check_tag(tag).map_err(|e| HandlerError::Rejected(format!("tag {tag:?} {e}")))?;
-    Ok(tag)
+    Ok(msg.tag().as_str())
 }
 
 /// Runs `deploy` in its own task, holding the deploy lock `key`: if the run is dropped
