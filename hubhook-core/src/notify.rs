@@ -75,6 +75,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRIES: u32 = 3;
 /// The wait before the first retry, by default; it doubles for each next one.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two tries: a shutdown waits for notifications in flight.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The longest output tail a message carries, before each service's own limit.
 const MAX_TAIL: usize = 16 * 1024;
 
@@ -145,15 +147,27 @@ impl Notify {
     /// Errors name the scheme and host, never the path.
     pub fn new(name: impl Into<String>, url: &str) -> Result<Self, Error> {
         let name = name.into();
-        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        // It goes into a header (webhook-id) and the journal's handler column.
+        let word = |b: u8| b.is_ascii_alphanumeric() || b"_.-".contains(&b);
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(word) {
             return Err(invalid(
-                "a notification's name must be 1 to 64 characters, without control characters",
+                "a notification's name must be 1 to 64 letters, digits, '_', '.' or '-'",
             ));
         }
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             invalid("the URL has no scheme (slack://, discord://, ntfy://, https://)")
         })?;
-        let (service, https) = match scheme {
+        // Only a word is echoed: anything else before "://" may be a token's path.
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme.is_empty()
+            || scheme.len() > 16
+            || !scheme.bytes().all(|b| b.is_ascii_lowercase() || b == b'+')
+        {
+            return Err(invalid(
+                "the URL does not start with a scheme (slack://, discord://, ntfy://, https://)",
+            ));
+        }
+        let (service, https) = match scheme.as_str() {
             "slack" => (Service::Slack, true),
             "slack+http" => (Service::Slack, false),
             "discord" => (Service::Discord, true),
@@ -357,8 +371,10 @@ impl Notify {
                 }
                 line.push_str(&format!(" in {duration}"));
                 if run.outcome != "ok" && !run.detail.is_empty() {
+                    // The first line says what failed: the output gives way, keeping its end.
+                    let room = limit.saturating_sub(line.len() + 4);
                     line.push('\n');
-                    line.push_str(&run.detail);
+                    line.push_str(&cut_end(&run.detail, room));
                 }
                 line
             }
@@ -410,7 +426,8 @@ impl Notify {
         );
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         if let Some(key) = &self.secret {
-            let message_id = format!("{}-{}", id.as_str(), self.name);
+            // One id per outcome: receivers deduplicate on it.
+            let message_id = format!("{}-{}-{}", id.as_str(), run.handler, self.name);
             let timestamp = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
@@ -492,7 +509,13 @@ impl Observer for Notifier {
         }
         let detail = e.detail.to_string();
         let outcome = match e.status {
-            RunStatus::Failed if detail.contains("rolled back") => "rolled_back",
+            // The docker and compose handlers end a failure that put the previous version
+            // back with these words.
+            RunStatus::Failed
+                if detail.contains("; rolled back") || detail.contains("; rollback done") =>
+            {
+                "rolled_back"
+            }
             other => other.as_str(),
         };
         let run = Final {
@@ -613,7 +636,7 @@ async fn deliver(
             return;
         }
         tokio::time::sleep(backoff).await;
-        backoff = backoff.saturating_mul(2);
+        backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
     }
 }
 
@@ -683,6 +706,10 @@ mod tests {
             ("slack://hooks.slack.com", "path is missing"),
             ("ntfy://ntfy.sh/a/b", "one topic"),
             ("https://user:SECRET@example.com/x", "user credentials"),
+            (
+                "hooks.example.com/T/SECRET?next=https://x",
+                "does not start with a scheme",
+            ),
         ] {
             let e = Notify::new("ops", url).expect_err(url).to_string();
             assert!(e.contains(words), "{url}: {e}");
@@ -697,6 +724,33 @@ mod tests {
             .expect("generic")
             .on(["sometimes"])
             .is_err());
+    }
+
+    #[test]
+    fn a_long_output_leaves_the_first_line_whole() {
+        let notify = Notify::new("ops", "discord://discord.com/api/webhooks/1/T").expect("url");
+        let msg = HubMessage::new("acme/site", "v2").expect("message");
+        let run = Final {
+            handler: Arc::from("deploy"),
+            outcome: "failed".into(),
+            elapsed: Duration::from_millis(1200),
+            detail: format!("{}the last line", "x".repeat(10_000)),
+        };
+        let text = notify.text(DeliveryId::generate(), &msg, &run);
+        assert!(
+            text.len() <= Service::Discord.text_limit(),
+            "{}",
+            text.len()
+        );
+        assert!(
+            text.starts_with("hubhook: deploy failed acme/site:v2 in "),
+            "{text}"
+        );
+        assert!(text.ends_with("the last line"), "{text}");
+        assert!(
+            Notify::new("ops ops", "https://x/y").is_err(),
+            "names go into a header"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 /// How long `send` waits for its answer, connecting included.
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// The most of an answer's body `send` reads and prints.
+/// The largest answer body `send` reads and prints; a longer one is an error.
 const MAX_ANSWER: usize = 1024 * 1024;
 
 /// What `send` reports: the status line and the body of the answer.

@@ -19,7 +19,8 @@ use tokio::process::Command;
 use super::cli::{Docker, Failure};
 use super::{failed, health, normalize, object_name, own_task, pushed_tag, Health};
 
-/// The compose command tried first; `docker-compose` when the plugin is missing.
+/// The compose command tried first (with the configured docker binary); `docker-compose`
+/// when the plugin is missing.
 const PLUGIN: [&str; 2] = ["docker", "compose"];
 const STANDALONE: [&str; 1] = ["docker-compose"];
 
@@ -253,19 +254,27 @@ impl ComposeHandler {
         &self.tag
     }
 
-    /// The compose command in use (found now when it was not set: `docker compose` if
-    /// the plugin answers `version`, else `docker-compose`).
+    /// The compose command in use (found now when it was not set: `docker compose`, with
+    /// the configured docker binary, if the plugin answers `version`, else
+    /// `docker-compose`). Finding it runs a command and blocks: [`inspect`](Self::inspect)
+    /// does it at start-up.
     pub fn compose_argv(&self) -> &[String] {
         self.compose.get_or_init(|| {
-            let plugin = std::process::Command::new(PLUGIN[0])
+            // The plugin of the configured docker binary, as `docker compose` would be.
+            let plugin = std::process::Command::new(&self.docker.binary)
                 .args([PLUGIN[1], "version"])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
-            let argv: &[&str] = if plugin { &PLUGIN } else { &STANDALONE };
-            argv.iter().map(|s| (*s).to_owned()).collect()
+            match plugin {
+                true => vec![
+                    self.docker.binary.display().to_string(),
+                    PLUGIN[1].to_owned(),
+                ],
+                false => STANDALONE.iter().map(|s| (*s).to_owned()).collect(),
+            }
         })
     }
 

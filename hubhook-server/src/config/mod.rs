@@ -256,7 +256,7 @@ impl Config {
         // A file that holds keys or secrets is as secret as they are; ssh warns likewise.
         // Webhook URLs carry tokens too.
         let holds_secrets =
-            text.contains("api_keys") || text.contains("secret") || text.contains("[[notify]]");
+            text.contains("api_keys") || text.contains("secret") || !config.notify.is_empty();
         if let (true, Err(why)) = (holds_secrets, private(file)) {
             config
                 .warnings

@@ -19,7 +19,9 @@ impl Parser<'_> {
         let mut notify =
             hubhook_core::notify::Notify::new(&name, raw.url.get_ref()).map_err(|e| {
                 match raw.name {
-                    Some(_) if e.to_string().contains("name") => at("name", e.to_string()),
+                    Some(_) if e.to_string().contains("notification's name") => {
+                        at("name", e.to_string())
+                    }
                     _ => self.error_at(raw.url.span(), &key("url"), e.to_string()),
                 }
             })?;
