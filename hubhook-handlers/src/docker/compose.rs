@@ -501,7 +501,17 @@ impl ComposeHandler {
                 "deployed {tagged} to {services} in {:.1?}",
                 started.elapsed()
             ))),
-            Err(reason) => Err(self.roll_back(&tagged, &before, &reason).await),
+            Err(reason) => {
+                let failure = self.roll_back(&tagged, &before, &reason).await;
+                // Cut short by a shutdown (its gate was cancelled, not failed): the
+                // previous version runs again, and the delivery is still owed a run, so
+                // a journaled server deploys it at its next start.
+                if ctx.is_cancelled() {
+                    tracing::warn!(handler = %self.name, "{failure}");
+                    return Err(HandlerError::Cancelled);
+                }
+                Err(failure)
+            }
         }
     }
 

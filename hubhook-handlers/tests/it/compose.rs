@@ -244,6 +244,37 @@ async fn a_broken_v3_is_rolled_back_and_a_missing_tag_changes_nothing() {
     let _ = v2;
 }
 
+// Two workers: the test's own waiting below blocks its thread while the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_in_the_gate_rolls_back_and_leaves_the_push_owed() {
+    if !available("a_shutdown_in_the_gate_rolls_back") {
+        return;
+    }
+    images();
+    let p = Project::new("compose-cancel");
+    p.up_with_v1();
+    // v4 runs but never serves: its gate waits (here up to 60 s) until the shutdown.
+    let handler = p.handler().health_timeout(Duration::from_secs(60));
+    let msg = p.push("v4");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let ctx = Context::new(DeliveryId::generate()).with_cancellation(cancel.clone());
+    let run = tokio::spawn({
+        let handler = handler.clone();
+        async move { handler.handle(&msg, &ctx).await }
+    });
+    // The shutdown comes once v4 is up and in its gate (the page no longer answers v1).
+    hubhook_testkit::eventually(Duration::from_secs(60), "v4 replaced v1", || {
+        (quick_page(p.port).as_deref() != Some("site v1")).then_some(())
+    });
+    cancel.cancel();
+    let result = run.await.expect("the run ends");
+    assert!(
+        matches!(result, Err(HandlerError::Cancelled)),
+        "owed again, not failed: {result:?}"
+    );
+    assert_eq!(page(p.port).as_deref(), Some("site v1"), "v1 serves again");
+}
+
 /// A compose command that records its argv, then runs the real one.
 fn recording_compose(dir: &TempDir, real: &[String]) -> PathBuf {
     let log = dir.path().join("calls");
