@@ -18,7 +18,8 @@ use hubhook_testkit::*;
 const LIVE: &str = "live";
 
 /// A Compose project for one test: `web` runs the registry's `site:live` with a label and
-/// a network alias, `probe` runs beside it on the same network. Taken down by name (its
+/// a network alias (and an init, so that busybox httpd stops on SIGTERM instead of
+/// making every recreate wait out Compose's 10 s stop timeout), `probe` runs beside it on the same network. Taken down by name (its
 /// project name has the test prefix) when the test ends.
 struct Project {
     dir: TempDir,
@@ -41,6 +42,7 @@ impl Project {
                  services:\n\
                  \x20 web:\n\
                  \x20   image: {repo}:{LIVE}\n\
+                 \x20   init: true\n\
                  \x20   ports: [\"127.0.0.1:{port}:80\"]\n\
                  \x20   labels: {{ com.example.site: \"hubhook-test\" }}\n\
                  \x20   networks:\n\
