@@ -157,31 +157,8 @@ impl Notify {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             invalid("the URL has no scheme (slack://, discord://, ntfy://, https://)")
         })?;
-        // Only a word is echoed: anything else before "://" may be a token's path.
-        let scheme = scheme.to_ascii_lowercase();
-        if scheme.is_empty()
-            || scheme.len() > 16
-            || !scheme.bytes().all(|b| b.is_ascii_lowercase() || b == b'+')
-        {
-            return Err(invalid(
-                "the URL does not start with a scheme (slack://, discord://, ntfy://, https://)",
-            ));
-        }
-        let (service, https) = match scheme.as_str() {
-            "slack" => (Service::Slack, true),
-            "slack+http" => (Service::Slack, false),
-            "discord" => (Service::Discord, true),
-            "discord+http" => (Service::Discord, false),
-            "ntfy" => (Service::Ntfy, true),
-            "ntfy+http" => (Service::Ntfy, false),
-            "https" => (Service::Generic, true),
-            "http" => (Service::Generic, false),
-            other => {
-                return Err(invalid(format!(
-                    "unknown scheme {other:?} (expected slack://, discord://, ntfy://, https:// or http://)"
-                )))
-            }
-        };
+        let (scheme, service, https) = service_of(scheme)?;
+        let scheme = scheme.as_str();
         let uri: http::Uri = format!("{}://{rest}", if https { "https" } else { "http" })
             .parse()
             .map_err(|_| invalid(format!("{scheme}:// URL does not parse")))?;
@@ -201,28 +178,7 @@ impl Notify {
             .to_owned();
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let (target, topic) = match service {
-            Service::Ntfy => {
-                let topic = path.trim_matches('/');
-                let ok = !topic.is_empty()
-                    && topic.len() <= 64
-                    && topic
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if !ok {
-                    return Err(invalid(format!(
-                        "{scheme}://{host}: name one topic after the host (letters, digits, '_', '-')"
-                    )));
-                }
-                ("/".to_owned(), Some(topic.to_owned()))
-            }
-            Service::Slack | Service::Discord if path.len() <= 1 => {
-                return Err(invalid(format!(
-                    "{scheme}://{host}: the webhook's path is missing"
-                )))
-            }
-            _ => (path, None),
-        };
+        let (target, topic) = target_of(service, scheme, &host, path)?;
         Ok(Self {
             name,
             service,
@@ -447,6 +403,66 @@ impl Notify {
     }
 }
 
+/// The scheme, read as a word (anything else before `://` may be a token's path and is
+/// never echoed): which service, and whether it speaks TLS.
+fn service_of(scheme: &str) -> Result<(String, Service, bool), Error> {
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme.is_empty()
+        || scheme.len() > 16
+        || !scheme.bytes().all(|b| b.is_ascii_lowercase() || b == b'+')
+    {
+        return Err(invalid(
+            "the URL does not start with a scheme (slack://, discord://, ntfy://, https://)",
+        ));
+    }
+    let (service, https) = match scheme.as_str() {
+        "slack" => (Service::Slack, true),
+        "slack+http" => (Service::Slack, false),
+        "discord" => (Service::Discord, true),
+        "discord+http" => (Service::Discord, false),
+        "ntfy" => (Service::Ntfy, true),
+        "ntfy+http" => (Service::Ntfy, false),
+        "https" => (Service::Generic, true),
+        "http" => (Service::Generic, false),
+        other => {
+            return Err(invalid(format!(
+                "unknown scheme {other:?} (expected slack://, discord://, ntfy://, https:// or http://)"
+            )))
+        }
+    };
+    Ok((scheme, service, https))
+}
+
+/// The request target for `path` (`/` for ntfy, which names its topic in the body), and
+/// ntfy's topic; errors name the scheme and host only.
+fn target_of(
+    service: Service,
+    scheme: &str,
+    host: &str,
+    path: String,
+) -> Result<(String, Option<String>), Error> {
+    match service {
+        Service::Ntfy => {
+            let topic = path.trim_matches('/');
+            let ok = !topic.is_empty()
+                && topic.len() <= 64
+                && topic
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(invalid(format!(
+                    "{scheme}://{host}: name one topic after the host (letters, digits, '_', '-')"
+                )));
+            }
+            Ok(("/".to_owned(), Some(topic.to_owned())))
+        }
+        Service::Slack | Service::Discord if path.len() <= 1 => Err(invalid(format!(
+            "{scheme}://{host}: the webhook's path is missing"
+        ))),
+        _ => Ok((path, None)),
+    }
+}
+
 /// `repo:tag` (with its registry): the message's image by tag, its digest said apart.
 fn tagged(msg: &HubMessage) -> String {
     format!("{}:{}", msg.full_name(), msg.tag())
@@ -548,6 +564,41 @@ impl Observer for Notifier {
     }
 }
 
+impl Notify {
+    /// One try: its status, what to record, and whether another try may do better (a
+    /// connection error, a timeout, 429 or 5xx).
+    async fn try_once(
+        &self,
+        client: &Client,
+        request: Request<Full<Bytes>>,
+    ) -> (RunStatus, String, bool) {
+        let sent = tokio::time::timeout(
+            self.timeout,
+            client.send(&self.host, self.port, self.https, request),
+        )
+        .await;
+        match sent {
+            Ok(Ok(answer)) => {
+                let code = answer.status();
+                let status = match code.is_success() {
+                    true => RunStatus::Ok,
+                    false => RunStatus::Failed,
+                };
+                let again = code.is_server_error() || code == http::StatusCode::TOO_MANY_REQUESTS;
+                let detail = format!("{} answered {}", self.origin(), code.as_u16());
+                (status, detail, again)
+            }
+            // The client's errors name the origin only.
+            Ok(Err(e)) => (RunStatus::Failed, e.to_string(), true),
+            Err(_) => (
+                RunStatus::Timeout,
+                format!("no answer from {} within {:?}", self.origin(), self.timeout),
+                true,
+            ),
+        }
+    }
+}
+
 /// Sends one notification with its retries, reporting each try as an attempt.
 async fn deliver(
     notify: &Notify,
@@ -587,38 +638,7 @@ async fn deliver(
     for attempt in 1..=tries {
         let (started, clock) = (SystemTime::now(), Instant::now());
         let request = notify.request(id, msg, run);
-        let sent = tokio::time::timeout(
-            notify.timeout,
-            client.send(&notify.host, notify.port, notify.https, request),
-        )
-        .await;
-        let (status, detail, again) = match sent {
-            Ok(Ok(answer)) if answer.status().is_success() => (
-                RunStatus::Ok,
-                format!("{} answered {}", notify.origin(), answer.status().as_u16()),
-                false,
-            ),
-            Ok(Ok(answer)) => {
-                let code = answer.status();
-                let again = code.is_server_error() || code == http::StatusCode::TOO_MANY_REQUESTS;
-                (
-                    RunStatus::Failed,
-                    format!("{} answered {}", notify.origin(), code.as_u16()),
-                    again,
-                )
-            }
-            // The client's errors name the origin only.
-            Ok(Err(e)) => (RunStatus::Failed, e.to_string(), true),
-            Err(_) => (
-                RunStatus::Timeout,
-                format!(
-                    "no answer from {} within {:?}",
-                    notify.origin(),
-                    notify.timeout
-                ),
-                true,
-            ),
-        };
+        let (status, detail, again) = notify.try_once(&client, request).await;
         let last = !again || attempt == tries;
         report(
             seam,
