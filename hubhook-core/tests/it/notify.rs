@@ -315,14 +315,19 @@ async fn a_receiver_that_hangs_holds_up_no_handler() {
     let (tx, mut ran) = mpsc::unbounded_channel();
     let service = service(Quick(tx), vec![notify]);
     push(&service).await;
-    ran.recv().await.expect("the first run");
+    // Bounded: a run held up by its notification fails the test instead of hanging it.
+    tokio::time::timeout(Duration::from_secs(20), ran.recv())
+        .await
+        .expect("the first run within 20 s")
+        .expect("the first run");
     // The first notification is hanging in the receiver now…
     receiver.next().await;
     // …and the next delivery runs all the same, before that try has even timed out.
     push(&service).await;
-    ran.recv()
+    tokio::time::timeout(Duration::from_secs(20), ran.recv())
         .await
-        .expect("the second run, while the first notification hangs");
+        .expect("the second run within 20 s, while the first notification hangs")
+        .expect("the second run");
     // Each hanging try ends at its timeout: shutdown waits for those, and no longer.
     assert!(service.shutdown(Duration::from_secs(10)).await);
 }
