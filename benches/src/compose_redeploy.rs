@@ -9,11 +9,11 @@
 //! `init: true` so the old container stops on SIGTERM. Medians over the rounds.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hubhook_core::{Context, DeliveryId, Handler, HubMessage};
 use hubhook_handlers::{ComposeHandler, Health};
-use hubhook_testkit::{docker, free_port, images, quick_page, Registry, TempDir, BASE};
+use hubhook_testkit::{docker, free_port, images, wait_for_page, Registry, TempDir, BASE};
 
 const LIVE: &str = "live";
 
@@ -105,19 +105,6 @@ fn main() {
         "  compose pull + up -d by hand: {} ms",
         median(&mut by_hand)
     );
-}
-
-/// Polls the page every 5 ms until it shows `version`; the ms from `started`.
-fn wait_for_page(port: u16, version: &str, started: Instant) -> u128 {
-    let want = format!("site {version}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if quick_page(port).is_some_and(|body| body == want) {
-            return started.elapsed().as_millis();
-        }
-        assert!(Instant::now() < deadline, "the page never showed {want}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn median(values: &mut [u128]) -> u128 {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "redeploy-bench-key-0123456789abcdef";
 use hubhook_testkit::{
-    container_name, docker, free_port, quick_page, Containers, Registry, TempDir,
+    container_name, docker, free_port, quick_page, wait_for_page, Containers, Registry, TempDir,
 };
 
 fn main() {
@@ -270,20 +270,6 @@ impl Gaps {
         std::thread::sleep(Duration::from_millis(40));
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap_or(0)
-    }
-}
-
-/// Polls the page every 5 ms until it shows `tag`; returns the ms from `started` until
-/// then (the longest gap is the poller's to measure).
-fn wait_for_page(port: u16, tag: &str, started: Instant) -> u128 {
-    let want = format!("site {tag}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if quick_page(port).is_some_and(|body| body == want) {
-            return started.elapsed().as_millis();
-        }
-        assert!(Instant::now() < deadline, "the page never showed {want}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -136,6 +136,27 @@ pub struct Repository {
     pub comment_count: Option<u64>,
 }
 
+impl Repository {
+    /// A repository known only by its names, as a message built by hand has it.
+    fn named(name: String, namespace: Option<String>, repo_name: Name) -> Self {
+        Self {
+            name,
+            namespace,
+            owner: None,
+            repo_name,
+            repo_url: None,
+            is_private: None,
+            is_official: None,
+            is_trusted: None,
+            status: None,
+            description: None,
+            date_created: None,
+            star_count: None,
+            comment_count: None,
+        }
+    }
+}
+
 /// Why a body could not become a [`HubMessage`]. Answered with HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -179,21 +200,7 @@ impl HubMessage {
         Self {
             callback_url: None,
             push_data: PushData::default(),
-            repository: Repository {
-                name: "unreadable".to_owned(),
-                namespace: None,
-                owner: None,
-                repo_name: Name::known("unreadable"),
-                repo_url: None,
-                is_private: None,
-                is_official: None,
-                is_trusted: None,
-                status: None,
-                description: None,
-                date_created: None,
-                star_count: None,
-                comment_count: None,
-            },
+            repository: Repository::named("unreadable".to_owned(), None, Name::known("unreadable")),
             source: String::new(),
             registry: None,
             digest: None,
@@ -242,21 +249,7 @@ impl HubMessage {
                 tag: tag_of(tag)?,
                 ..PushData::default()
             },
-            repository: Repository {
-                name,
-                namespace,
-                owner: None,
-                repo_name,
-                repo_url: None,
-                is_private: None,
-                is_official: None,
-                is_trusted: None,
-                status: None,
-                description: None,
-                date_created: None,
-                star_count: None,
-                comment_count: None,
-            },
+            repository: Repository::named(name, namespace, repo_name),
             source: "custom".to_owned(),
             registry: registry.map(str::to_owned),
             digest: None,

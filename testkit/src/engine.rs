@@ -287,6 +287,23 @@ pub fn quick_page(port: u16) -> Option<String> {
     text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
 }
 
+/// For the redeploy benches: polls the page on 127.0.0.1:`port` every 5 ms until it shows
+/// `site VERSION`; the milliseconds from `started` until then. Panics after 120 s.
+pub fn wait_for_page(port: u16, version: &str, started: std::time::Instant) -> u128 {
+    let want = format!("site {version}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if quick_page(port).is_some_and(|body| body == want) {
+            return started.elapsed().as_millis();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page never showed {want}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The id of the container `name`, if it exists.
 pub fn container_id(name: &str) -> Option<String> {
     let (ok, out) = docker(&["container", "inspect", "--format", "{{.Id}}", name]);

@@ -46,6 +46,32 @@ impl std::fmt::Display for Failure {
     }
 }
 
+impl Failure {
+    /// This failure, before anything was changed, as a handler's error: cancelled and
+    /// timed out as such, anything else as `WHAT, nothing changed: why`.
+    pub(super) fn nothing_changed(self, what: &str) -> hubhook_core::HandlerError {
+        use hubhook_core::HandlerError;
+        match self {
+            Self::Cancelled => HandlerError::Cancelled,
+            Self::Timeout(_, limit) => HandlerError::Timeout(limit),
+            other => HandlerError::Failed(format!("{what}, nothing changed: {other}")),
+        }
+    }
+}
+
+impl Docker {
+    /// The `docker` in `PATH`, the environment's daemon, [`DEFAULT_STEP_TIMEOUT`].
+    ///
+    /// [`DEFAULT_STEP_TIMEOUT`]: super::DEFAULT_STEP_TIMEOUT
+    pub(super) fn new() -> Self {
+        Self {
+            binary: PathBuf::from("docker"),
+            host: None,
+            step_timeout: super::DEFAULT_STEP_TIMEOUT,
+        }
+    }
+}
+
 /// A container found by its exact name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Found {

@@ -19,10 +19,10 @@ use tokio::process::Command;
 use super::cli::{Docker, Failure};
 use super::{failed, health, normalize, object_name, own_task, pushed_tag, Health};
 
-/// The compose command tried first (with the configured docker binary); `docker-compose`
-/// when the plugin is missing.
-const PLUGIN: [&str; 2] = ["docker", "compose"];
-const STANDALONE: [&str; 1] = ["docker-compose"];
+/// The docker CLI plugin tried first (`docker compose`, with the configured docker
+/// binary); the standalone `docker-compose` when it is missing.
+const PLUGIN: &str = "compose";
+const STANDALONE: &str = "docker-compose";
 
 /// Why a [`ComposeHandler`] cannot be built, or why its project does not fit it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,11 +155,7 @@ impl ComposeHandler {
             labelled: Arc::new(OnceLock::new()),
             health: Health::None,
             health_timeout: Duration::from_secs(30),
-            docker: Docker {
-                binary: PathBuf::from("docker"),
-                host: None,
-                step_timeout: super::DEFAULT_STEP_TIMEOUT,
-            },
+            docker: Docker::new(),
         })
     }
 
@@ -262,18 +258,15 @@ impl ComposeHandler {
         self.compose.get_or_init(|| {
             // The plugin of the configured docker binary, as `docker compose` would be.
             let plugin = std::process::Command::new(&self.docker.binary)
-                .args([PLUGIN[1], "version"])
+                .args([PLUGIN, "version"])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success());
             match plugin {
-                true => vec![
-                    self.docker.binary.display().to_string(),
-                    PLUGIN[1].to_owned(),
-                ],
-                false => STANDALONE.iter().map(|s| (*s).to_owned()).collect(),
+                true => vec![self.docker.binary.display().to_string(), PLUGIN.to_owned()],
+                false => vec![STANDALONE.to_owned()],
             }
         })
     }
@@ -287,11 +280,8 @@ impl ComposeHandler {
                 self.project_dir.display().to_string(),
             ));
         }
-        let mut command = std::process::Command::new(&self.compose_argv()[0]);
-        command
-            .args(self.compose_args(&["config"]))
-            .current_dir(&self.project_dir)
-            .stdin(std::process::Stdio::null());
+        let mut command = self.command(&["config"]).into_std();
+        command.stdin(std::process::Stdio::null());
         if let Some(host) = &self.docker.host {
             command.env("DOCKER_HOST", host);
         }
@@ -355,14 +345,20 @@ impl ComposeHandler {
         out
     }
 
+    /// `compose ARGS` in the project folder, with no input and this daemon.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.compose_argv()[0]);
+        command
+            .args(self.compose_args(args))
+            .current_dir(&self.project_dir);
+        command
+    }
+
     /// Runs `compose ARGS SERVICES` in the project folder within the step timeout.
     async fn compose(&self, args: &[&str], ctx: Option<&Context>) -> Result<String, Failure> {
         let mut all = args.to_vec();
         all.extend(self.services.iter().map(String::as_str));
-        let mut command = Command::new(&self.compose_argv()[0]);
-        command
-            .args(self.compose_args(&all))
-            .current_dir(&self.project_dir);
+        let command = self.command(&all);
         let verb = format!("compose {}", args.first().copied().unwrap_or(""));
         let run = self.docker.output(command, &verb, self.docker.step_timeout);
         match ctx {
@@ -397,10 +393,7 @@ impl ComposeHandler {
                     .await?
             }
             None => {
-                let mut command = Command::new(&self.compose_argv()[0]);
-                command
-                    .args(self.compose_args(&["ps", "-q", service]))
-                    .current_dir(&self.project_dir);
+                let command = self.command(&["ps", "-q", service]);
                 self.docker
                     .output(command, "compose ps", self.docker.step_timeout)
                     .await?
@@ -456,11 +449,7 @@ impl ComposeHandler {
         let started = Instant::now();
         let tagged = self.check_message(msg)?;
         let services = self.services.join(", ");
-        let early = |what: &str, e: Failure| match e {
-            Failure::Cancelled => HandlerError::Cancelled,
-            Failure::Timeout(_, limit) => HandlerError::Timeout(limit),
-            other => failed(format!("{what}, nothing changed: {other}")),
-        };
+        let early = |what: &str, e: Failure| e.nothing_changed(what);
         self.compose(&["pull"], Some(ctx))
             .await
             .map_err(|e| early("pull failed", e))?;

@@ -157,11 +157,7 @@ impl DockerHandler {
             health_timeout: Duration::from_secs(30),
             cleanup: false,
             blue_green: None,
-            docker: Docker {
-                binary: PathBuf::from("docker"),
-                host: None,
-                step_timeout: DEFAULT_STEP_TIMEOUT,
-            },
+            docker: Docker::new(),
         })
     }
 
@@ -341,11 +337,8 @@ impl DockerHandler {
         tagged: &str,
         ctx: &Context,
     ) -> Result<Vec<String>, HandlerError> {
-        let cancelled = |e: Failure| match e {
-            Failure::Cancelled => HandlerError::Cancelled,
-            Failure::Timeout(_, limit) => HandlerError::Timeout(limit),
-            other => failed(format!("pull of {tagged} failed, nothing changed: {other}")),
-        };
+        let what = format!("pull of {tagged} failed");
+        let cancelled = |e: Failure| e.nothing_changed(&what);
         self.docker
             .run_cancellable(&["pull", tagged], ctx)
             .await

@@ -137,13 +137,7 @@ impl Parser<'_> {
         let at = |k: &str, message: String| self.key_error(table, k, message);
         // The deployed tags: the `tag` pattern, `latest` unless it says otherwise.
         let pattern = tag.get_or_insert_with(|| "latest".to_owned()).clone();
-        // Pushes of other repositories need not even reach the handler.
-        if repo.is_none() {
-            let (_, path) = hubhook_core::reference::split_registry(&raw.image);
-            if path.contains('/') {
-                *repo = Some(path.to_owned());
-            }
-        }
+        default_repo(repo, &raw.image);
         let mut handler = self
             .docker_target(table, &raw, name)?
             .tag(pattern)
@@ -287,12 +281,7 @@ impl Parser<'_> {
             }
             _ => *tag = Some(named.to_owned()),
         }
-        if repo.is_none() {
-            let (_, path) = hubhook_core::reference::split_registry(&raw.image);
-            if path.contains('/') {
-                *repo = Some(path.to_owned());
-            }
-        }
+        default_repo(repo, &raw.image);
         Ok(HandlerKind::Compose(Box::new(handler)))
     }
 
@@ -424,5 +413,16 @@ fn program(base: &Path, name: &str) -> PathBuf {
     match name.contains('/') && Path::new(name).is_relative() {
         true => resolve(base, name),
         false => PathBuf::from(name),
+    }
+}
+
+/// A handler of `image` gets pushes of that repository only, unless `repo` says which:
+/// pushes of other repositories need not even reach it.
+fn default_repo(repo: &mut Option<String>, image: &str) {
+    if repo.is_none() {
+        let (_, path) = hubhook_core::reference::split_registry(image);
+        if path.contains('/') {
+            *repo = Some(path.to_owned());
+        }
     }
 }
