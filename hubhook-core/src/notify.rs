@@ -524,15 +524,10 @@ impl Observer for Notifier {
             return;
         }
         let detail = e.detail.to_string();
-        let outcome = match e.status {
-            // The docker and compose handlers end a failure that put the previous version
-            // back with these words.
-            RunStatus::Failed
-                if detail.contains("; rolled back") || detail.contains("; rollback done") =>
-            {
-                "rolled_back"
-            }
-            other => other.as_str(),
+        let outcome = if crate::observe::rolled_back(e.status, &detail) {
+            "rolled_back"
+        } else {
+            e.status.as_str()
         };
         let run = Final {
             handler: Arc::from(e.handler),

@@ -21,6 +21,14 @@ use tokio_util::task::TaskTracker;
 use crate::handler::{DeliveryId, HandlerError, Outcome};
 use crate::HubMessage;
 
+/// Whether a run that ended with `status` and `detail` was a failed deploy that put the
+/// previous version back: the docker and compose handlers end such a failure with these
+/// words. What notifications call `rolled_back` and the web page badges so.
+pub(crate) fn rolled_back(status: RunStatus, detail: &str) -> bool {
+    status == RunStatus::Failed
+        && (detail.contains("; rolled back") || detail.contains("; rollback done"))
+}
+
 /// How one handler attempt (or the legacy callback) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -85,6 +85,13 @@ impl TlsConfig {
         })
     }
 
+    /// The rustls server configuration, for a listener of the embedder's own (hubhook's
+    /// web page serves with the hook's certificate this way). ALPN offers `h2` and
+    /// `http/1.1` (and `acme-tls/1` when made by [`from_resolver`](Self::from_resolver)).
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.config.clone())
     }

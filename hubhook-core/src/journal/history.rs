@@ -27,6 +27,10 @@ pub struct Summary {
     pub status: DeliveryStatus,
     /// The handlers it went to.
     pub handlers: Vec<String>,
+    /// The image digest the message names, if any.
+    pub digest: Option<String>,
+    /// When it settled, in milliseconds since the Unix epoch; `None` while pending.
+    pub finished_ms: Option<i64>,
 }
 
 /// One line of a delivery's history: a handler attempt, or the callback.
@@ -47,6 +51,37 @@ pub struct Attempt {
     pub detail: String,
     /// Whether this attempt settled the handler's share of the delivery.
     pub final_: bool,
+}
+
+impl Attempt {
+    /// Whether this is a failed deploy that put the previous version back (the docker
+    /// and compose handlers end such a failure with words that say so).
+    pub fn rolled_back(&self) -> bool {
+        crate::observe::rolled_back(self.status, &self.detail)
+    }
+}
+
+/// When a delivery arrived, when it settled and how: one point of [`History::timings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timing {
+    /// When it was received, in milliseconds since the Unix epoch.
+    pub received_ms: i64,
+    /// When it settled; `None` while pending.
+    pub finished_ms: Option<i64>,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+}
+
+impl Timing {
+    /// A point made by hand (a chart's test, say).
+    pub fn new(received_ms: i64, finished_ms: Option<i64>, status: DeliveryStatus) -> Self {
+        Self {
+            received_ms,
+            finished_ms,
+            status,
+        }
+    }
 }
 
 /// Which deliveries [`History::list`] returns.
@@ -140,7 +175,8 @@ impl History {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, received_ms, source, repo, tag, status, handlers FROM deliveries
+                "SELECT id, received_ms, source, repo, tag, status, handlers,
+                        json_extract(message, '$.digest'), finished_ms FROM deliveries
                  WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR repo = ?2)
                  ORDER BY id DESC LIMIT ?3",
             )
@@ -163,6 +199,8 @@ impl History {
                     tag: row.get(4)?,
                     status,
                     handlers: lines(&row.get::<_, String>(6)?),
+                    digest: digest(row, 7),
+                    finished_ms: row.get(8)?,
                 }))
             })
             .map_err(|e| self.fail(e))?;
@@ -181,7 +219,8 @@ impl History {
         let found = self
             .conn
             .query_row(
-                "SELECT received_ms, source, repo, tag, status, handlers, message
+                "SELECT received_ms, source, repo, tag, status, handlers, message,
+                        json_extract(message, '$.digest'), finished_ms
                  FROM deliveries WHERE id = ?1",
                 [id.as_str()],
                 |row| {
@@ -194,6 +233,8 @@ impl History {
                             tag: row.get(3)?,
                             status: word(row, 4)?,
                             handlers: lines(&row.get::<_, String>(5)?),
+                            digest: digest(row, 7),
+                            finished_ms: row.get(8)?,
                         },
                         row.get::<_, String>(6)?,
                     ))
@@ -212,21 +253,75 @@ impl History {
             )
             .map_err(|e| self.fail(e))?;
         let attempts = stmt
-            .query_map([id.as_str()], |row| {
-                Ok(Attempt {
-                    handler: row.get(0)?,
-                    attempt: row.get(1)?,
-                    started_ms: row.get(2)?,
-                    ended_ms: row.get(3)?,
-                    status: word(row, 4)?,
-                    detail: row.get(5)?,
-                    final_: row.get(6)?,
-                })
-            })
+            .query_map([id.as_str()], attempt)
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.fail(e))?;
         Ok(Some((summary, message, attempts)))
     }
+
+    /// Each handler's latest attempt at one delivery (the callback's and notifications'
+    /// included), in the order they ran: what a list shows as the delivery's outcome.
+    pub fn latest_attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT handler, attempt, started_ms, ended_ms, status, detail, final
+                 FROM runs AS r WHERE delivery = ?1 AND seq =
+                     (SELECT max(seq) FROM runs WHERE delivery = ?1 AND handler = r.handler)
+                 ORDER BY seq",
+            )
+            .map_err(|e| self.fail(e))?;
+        stmt.query_map([id.as_str()], attempt)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Every delivery received at or after `since_ms`, oldest first, as arrival, settling
+    /// and status only: what a chart over the retention window needs.
+    pub fn timings(&self, since_ms: i64) -> Result<Vec<Timing>, JournalError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT received_ms, finished_ms, status FROM deliveries
+                 WHERE received_ms >= ?1 ORDER BY received_ms",
+            )
+            .map_err(|e| self.fail(e))?;
+        let rows = stmt
+            .query_map([since_ms], |row| {
+                let Ok(status) = row.get::<_, String>(2)?.parse() else {
+                    return Ok(None);
+                };
+                Ok(Some(Timing {
+                    received_ms: row.get(0)?,
+                    finished_ms: row.get(1)?,
+                    status,
+                }))
+            })
+            .map_err(|e| self.fail(e))?;
+        let mut timings = Vec::new();
+        for row in rows {
+            timings.extend(row.map_err(|e| self.fail(e))?);
+        }
+        Ok(timings)
+    }
+}
+
+/// The digest a stored message names: a string, or nothing.
+fn digest(row: &rusqlite::Row<'_>, i: usize) -> Option<String> {
+    row.get::<_, Option<String>>(i).ok().flatten()
+}
+
+/// One row of `runs` as an [`Attempt`] (the columns in `show`'s order).
+fn attempt(row: &rusqlite::Row<'_>) -> rusqlite::Result<Attempt> {
+    Ok(Attempt {
+        handler: row.get(0)?,
+        attempt: row.get(1)?,
+        started_ms: row.get(2)?,
+        ended_ms: row.get(3)?,
+        status: word(row, 4)?,
+        detail: row.get(5)?,
+        final_: row.get(6)?,
+    })
 }
 
 /// A status word read back from the journal; one this hubhook does not know is an error.

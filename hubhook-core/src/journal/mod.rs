@@ -33,7 +33,7 @@ use crate::metrics::write_histogram;
 use crate::observe::{self, Committed, Observer, Record, Store, StoreError, Stored};
 use crate::HubhookServiceBuilder;
 
-pub use history::{Attempt, Filter, History, Summary};
+pub use history::{Attempt, Filter, History, Summary, Timing};
 use writer::{Op, RunRecord};
 
 /// Longest outcome text kept per attempt, in characters.
