@@ -20,7 +20,7 @@ fn history(data_dir: &Path) -> Result<History, Error> {
 
 /// A time as `2026-11-26T10:02:03Z`; a value outside years 1970 to 9999 (a journal
 /// written by something else) as the raw number.
-fn when(ms: i64) -> String {
+pub(crate) fn when(ms: i64) -> String {
     const YEAR_10000_MS: i64 = 253_402_300_800_000;
     if !(0..YEAR_10000_MS).contains(&ms) {
         return format!("{ms} ms");

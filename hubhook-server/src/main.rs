@@ -16,6 +16,7 @@ mod preflight;
 mod send;
 mod serve;
 mod tls;
+mod ui;
 mod x509;
 
 use std::net::SocketAddr;
@@ -73,6 +74,9 @@ enum Command {
     },
     /// Print a new random API key (256 bits, URL-safe).
     Keygen,
+    /// Read a password from stdin (without echo on a terminal) and print its Argon2id
+    /// hash, for `[ui] password_hash`.
+    UiPassword,
     /// Make TLS files for `[tls]`.
     #[command(subcommand)]
     Tls(TlsCommand),
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
             Command::Keygen => keys::generate()
                 .map(|key| println!("{key}"))
                 .map_err(|e| Error::from(format!("cannot make a key: {e}"))),
+            Command::UiPassword => ui_password(),
             Command::Send {
                 url,
                 file,
@@ -221,6 +226,35 @@ fn check(file: &Path) -> Result<(), Error> {
         }
     );
     println!("checked: {}", checked.join("; "));
+    Ok(())
+}
+
+/// `hubhook ui-password`: one line of stdin (not echoed on a terminal), hashed.
+fn ui_password() -> Result<(), Error> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    let mut line = String::new();
+    let read = if terminal {
+        use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+        eprint!("Password for the web page: ");
+        let before = tcgetattr(&stdin).map_err(|e| format!("cannot read the terminal: {e}"))?;
+        let mut quiet = before.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+        let read = stdin.lock().read_line(&mut line);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &before);
+        eprintln!();
+        read
+    } else {
+        stdin.lock().read_line(&mut line)
+    };
+    read.map_err(|e| format!("cannot read the password: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.chars().count() < 8 {
+        return Err(String::from("the password needs at least 8 characters").into());
+    }
+    println!("{}", ui::hash_password(password)?);
     Ok(())
 }
 

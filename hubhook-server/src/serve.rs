@@ -14,7 +14,7 @@ use hubhook_handlers::{DockerHandler, LogHandler, ShellHandler};
 use crate::config::{Config, HandlerKind, HandlerSpec, TlsFiles};
 use crate::deliveries::JOURNAL_FILE;
 use crate::error::Error;
-use crate::{acme, control, keys, preflight};
+use crate::{acme, control, keys, preflight, ui};
 
 /// The generated key of a start without a file, and whether to print it in full.
 struct Announce {
@@ -41,12 +41,20 @@ pub(crate) async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> 
         Some(_) => Some(control::start(&config.data_dir, service.clone())?),
         None => None,
     };
+    let page = match &config.ui {
+        Some(spec) => Some(ui::start(spec, &config, service.clone()).await?),
+        None => None,
+    };
     reconcile_swaps(&config);
     recover(&service).await?;
     if let Some(journal) = &journal {
         retention(journal.clone(), config.keep, config.keep_deliveries);
     }
     announce_start(&config, &service, &listener, announce);
+    if let Some((addr, tls)) = page {
+        let scheme = if tls { "https" } else { "http" };
+        tracing::info!("web page of deliveries on {scheme}://{addr}/");
+    }
     let served = listener.serve_with_shutdown(stop).await;
     finish_swaps(&config).await;
     Ok(served?)

@@ -1,8 +1,10 @@
 //! Test helpers shared by hubhook's integration tests: temporary directories, waiting for
 //! what sends no event ([`eventually`]), a test CA ([`TestCa`]), the real Docker engine,
-//! test images built with no pull, and a real registry on 127.0.0.1.
+//! test images built with no pull, a real registry on 127.0.0.1, and a real browser
+//! ([`Browser`], headless Chromium).
 //! Everything they create carries the `hubhook-test` prefix and is removed on drop.
 
+mod browser;
 mod ca;
 mod engine;
 mod nginx;
@@ -11,6 +13,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use browser::Browser;
 pub use ca::TestCa;
 pub use engine::*;
 pub use nginx::Nginx;

@@ -113,6 +113,8 @@ pub(crate) struct Config {
     pub(crate) handlers: Vec<HandlerSpec>,
     /// The `[[notify]]` destinations.
     pub(crate) notify: Vec<hubhook_core::notify::Notify>,
+    /// The web page of deliveries, when `[ui]` turns it on.
+    pub(crate) ui: Option<UiSpec>,
     /// What `check` prints and `serve` logs as warnings (a config file others can read).
     pub(crate) warnings: Vec<String>,
 }
@@ -124,6 +126,31 @@ pub(crate) struct CallbackSpec {
     pub(crate) timeout: Duration,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) target_url: String,
+}
+
+/// The `[ui]` table, when enabled.
+#[derive(Clone)]
+pub(crate) struct UiSpec {
+    pub(crate) listen: SocketAddr,
+    /// An Argon2 hash in PHC form (`$argon2id$...`), checked when the file is read.
+    pub(crate) password_hash: Option<String>,
+    /// Serve the page with `[tls]`'s certificate (and mark its cookie `Secure`).
+    pub(crate) tls: bool,
+    pub(crate) session_ttl: Duration,
+}
+
+impl fmt::Debug for UiSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UiSpec")
+            .field("listen", &self.listen)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "redacted"),
+            )
+            .field("tls", &self.tls)
+            .field("session_ttl", &self.session_ttl)
+            .finish()
+    }
 }
 
 /// How a handler's runs are queued.
@@ -224,6 +251,7 @@ impl Config {
             dockerhub_hook: true,
             hooks: Vec::new(),
             notify: Vec::new(),
+            ui: None,
             handlers: vec![HandlerSpec {
                 name: "log".to_owned(),
                 repo: None,
@@ -255,8 +283,10 @@ impl Config {
         config.warnings.extend(parser.warnings.take());
         // A file that holds keys or secrets is as secret as they are; ssh warns likewise.
         // Webhook URLs carry tokens too.
-        let holds_secrets =
-            text.contains("api_keys") || text.contains("secret") || !config.notify.is_empty();
+        let holds_secrets = text.contains("api_keys")
+            || text.contains("secret")
+            || text.contains("password_hash")
+            || !config.notify.is_empty();
         if let (true, Err(why)) = (holds_secrets, private(file)) {
             config
                 .warnings
@@ -344,6 +374,7 @@ mod raw;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod ui;
 mod words;
 
 use raw::*;

@@ -25,6 +25,9 @@ impl Parser<'_> {
             let notify = self.notify(i, table, &config.handlers)?;
             config.notify.push(notify);
         }
+        if let Some(ui) = &raw.ui {
+            config.ui = self.ui(ui, &config)?;
+        }
         Ok(config)
     }
 

@@ -33,6 +33,20 @@ pub(super) struct RawConfig {
     pub(super) hooks: Vec<Spanned<RawHook>>,
     #[serde(default, rename = "notify")]
     pub(super) notify: Vec<Spanned<RawNotify>>,
+    pub(super) ui: Option<Spanned<RawUi>>,
+}
+
+/// `[ui]`: the web page of deliveries.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUi {
+    #[serde(default = "yes")]
+    pub(super) enabled: bool,
+    pub(super) listen: Option<Spanned<String>>,
+    pub(super) password_hash: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) tls: bool,
+    pub(super) session_ttl: Option<HumanDuration>,
 }
 
 /// `journal = true`, or a `[journal]` table.

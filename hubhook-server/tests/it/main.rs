@@ -16,3 +16,4 @@ mod send;
 mod serve;
 mod support;
 mod swaps;
+mod ui;

@@ -1,0 +1,485 @@
+//! `[ui]`: a read-mostly web page of the journal's deliveries, on a listener of its own.
+//!
+//! Rendered on the server (maud), served entirely by the binary (no CDN, one small
+//! script for the live refresh), usable with JavaScript off. Every page needs a login;
+//! the one action, Replay, is a POST that carries the session's CSRF token.
+
+mod chart;
+mod pages;
+mod session;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hubhook_core::journal::{Filter, History};
+use hubhook_core::{DeliveryId, DeliveryStatus, HubhookService, TlsConfig};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use maud::Markup;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, TlsFiles, UiSpec};
+use crate::deliveries::JOURNAL_FILE;
+use crate::error::Error;
+use pages::{ListQuery, Row};
+pub(crate) use session::{check_password_hash, hash_password};
+use session::{cookie, Login, Session, Sessions, COOKIE};
+
+/// The largest form body read (a login or a replay).
+const MAX_FORM: usize = 8 * 1024;
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// Deliveries the list shows unless `limit` says otherwise, and the most it shows.
+const DEFAULT_LIMIT: u64 = 100;
+const MAX_LIMIT: u64 = 1000;
+/// The chart's window when the journal keeps deliveries forever.
+const MAX_CHART_DAYS: u64 = 90;
+
+const CSS: &str = include_str!("ui.css");
+const JS: &str = include_str!("ui.js");
+
+/// What every request handler reads.
+struct Ui {
+    journal: PathBuf,
+    service: HubhookService,
+    login: Login,
+    sessions: Sessions,
+    /// Whether the page is served over TLS (its cookie is then `Secure`).
+    secure: bool,
+    chart_days: usize,
+}
+
+/// Binds `[ui] listen` and serves the page in the background; returns the bound address
+/// and whether it speaks TLS.
+pub(crate) async fn start(
+    spec: &UiSpec,
+    config: &Config,
+    service: HubhookService,
+) -> Result<(SocketAddr, bool), Error> {
+    let tls = match (&config.tls, spec.tls) {
+        (Some(TlsFiles::Files { cert, key }), true) => Some(tokio_rustls::TlsAcceptor::from(
+            TlsConfig::from_pem_files(cert, key)?.server_config(),
+        )),
+        _ => None,
+    };
+    let tcp = TcpListener::bind(spec.listen)
+        .await
+        .map_err(|e| format!("cannot listen for the web page on {}: {e}", spec.listen))?;
+    let addr = tcp
+        .local_addr()
+        .map_err(|e| format!("cannot read the web page's address: {e}"))?;
+    let keep = config
+        .keep
+        .map_or(MAX_CHART_DAYS, |d| d.as_secs().div_ceil(86_400));
+    let ui = Arc::new(Ui {
+        journal: config.data_dir.join(JOURNAL_FILE),
+        service,
+        login: Login::new(spec.password_hash.clone(), &config.api_keys),
+        sessions: Sessions::new(spec.session_ttl),
+        secure: tls.is_some(),
+        chart_days: keep.clamp(1, MAX_CHART_DAYS) as usize,
+    });
+    tokio::spawn(accept(tcp, tls, ui));
+    Ok((addr, spec.tls))
+}
+
+async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Arc<Ui>) {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(16);
+    let http = Arc::new(http);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match tcp.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "web page: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (http, ui, tls) = (http.clone(), ui.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                let ui = ui.clone();
+                async move { Ok::<_, Infallible>(respond(&ui, req).await) }
+            });
+            let served = match tls {
+                Some(tls) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            http.serve_connection(TokioIo::new(stream), service).await
+                        }
+                        _ => return,
+                    }
+                }
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "web page: connection ended");
+            }
+        });
+    }
+}
+
+/// One request: the assets and the login are open, every other page needs a session.
+async fn respond(ui: &Ui, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/assets/ui.css") => return asset(CSS, "text/css; charset=utf-8"),
+        (&Method::GET, "/assets/ui.js") => return asset(JS, "text/javascript; charset=utf-8"),
+        (&Method::GET, "/login") => return html(StatusCode::OK, pages::login(None)),
+        (&Method::POST, "/login") => return log_in(ui, req).await,
+        _ => {}
+    }
+    let token = cookie(req.headers(), COOKIE).map(str::to_owned);
+    let Some(session) = token.as_deref().and_then(|t| ui.sessions.find(t)) else {
+        // A page asks for the login; anything else is refused outright.
+        return match method {
+            Method::GET | Method::HEAD => redirect("/login"),
+            _ => text(StatusCode::UNAUTHORIZED, "log in first"),
+        };
+    };
+    let replay_of = path
+        .strip_prefix("/deliveries/")
+        .and_then(|rest| rest.strip_suffix("/replay"));
+    match (&method, path.as_str(), replay_of) {
+        (&Method::GET, "/", _) => list(ui, &session, req.uri().query()).await,
+        (&Method::POST, "/logout", _) => match form(req).await {
+            Some(fields) if session.csrf_matches(field(&fields, "csrf")) => {
+                if let Some(token) = &token {
+                    ui.sessions.remove(token);
+                }
+                let mut response = redirect("/login");
+                set_cookie(
+                    &mut response,
+                    &format!("{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"),
+                );
+                response
+            }
+            _ => text(
+                StatusCode::FORBIDDEN,
+                "the form's CSRF token is missing or stale; reload the page",
+            ),
+        },
+        (&Method::POST, _, Some(id)) => {
+            let id = id.to_owned();
+            match form(req).await {
+                Some(fields) if session.csrf_matches(field(&fields, "csrf")) => {
+                    replay(ui, &id).await
+                }
+                _ => text(
+                    StatusCode::FORBIDDEN,
+                    "the form's CSRF token is missing or stale; reload the page",
+                ),
+            }
+        }
+        (&Method::GET, _, None) if path.starts_with("/deliveries/") => {
+            detail(ui, &session, &path["/deliveries/".len()..]).await
+        }
+        (_, "/" | "/logout", _) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => html(
+            StatusCode::NOT_FOUND,
+            pages::problem("Not found", "There is no such page."),
+        ),
+    }
+}
+
+/// `POST /login`: a session cookie and the list, or the form again.
+async fn log_in(ui: &Ui, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(fields) = form(req).await else {
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::login(Some("The form could not be read.")),
+        );
+    };
+    let given = field(&fields, "password").to_owned();
+    if given.is_empty() || !ui.login.check(given).await {
+        tracing::warn!("web page: a login failed");
+        return html(
+            StatusCode::UNAUTHORIZED,
+            pages::login(Some("That is not the password.")),
+        );
+    }
+    let token = match ui.sessions.create() {
+        Ok(token) => token,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    let mut response = redirect("/");
+    let secure = if ui.secure { "; Secure" } else { "" };
+    set_cookie(
+        &mut response,
+        &format!(
+            "{COOKIE}={token}; Max-Age={}; Path=/; HttpOnly; SameSite=Strict{secure}",
+            ui.sessions.ttl().as_secs()
+        ),
+    );
+    response
+}
+
+/// `GET /`.
+async fn list(ui: &Ui, session: &Session, query: Option<&str>) -> Response<Full<Bytes>> {
+    let pairs = query.map(parse_form).unwrap_or_default();
+    let status = match field(&pairs, "status") {
+        "" => None,
+        word => match word.parse::<DeliveryStatus>() {
+            Ok(status) => Some(status),
+            Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
+    };
+    let repo = Some(field(&pairs, "repo").trim().to_owned()).filter(|r| !r.is_empty());
+    let limit = field(&pairs, "limit")
+        .parse()
+        .unwrap_or(DEFAULT_LIMIT)
+        .clamp(1, MAX_LIMIT);
+    let query = ListQuery {
+        status,
+        repo,
+        limit,
+    };
+    let mut filter = Filter::new().limit(limit);
+    if let Some(status) = query.status {
+        filter = filter.status(status);
+    }
+    if let Some(repo) = &query.repo {
+        filter = filter.repo(repo.clone());
+    }
+    let journal = ui.journal.clone();
+    let days = ui.chart_days;
+    let now = now_ms();
+    let read = blocking(move || {
+        let history = History::open(&journal)?;
+        let mut rows = Vec::new();
+        for summary in history.list(&filter)? {
+            let attempts = history.latest_attempts(summary.id)?;
+            rows.push(Row { summary, attempts });
+        }
+        let since = (now.div_euclid(86_400_000) - days as i64 + 1) * 86_400_000;
+        let timings = history.timings(since)?;
+        Ok((rows, chart::days(&timings, now, days)))
+    })
+    .await;
+    match read {
+        Ok((rows, days)) => html(
+            StatusCode::OK,
+            pages::list(&session.csrf, &query, &rows, chart::render(&days, now)),
+        ),
+        Err(e) => e,
+    }
+}
+
+/// `GET /deliveries/ID`.
+async fn detail(ui: &Ui, session: &Session, id: &str) -> Response<Full<Bytes>> {
+    let Ok(id) = id.parse::<DeliveryId>() else {
+        return html(
+            StatusCode::NOT_FOUND,
+            pages::problem("Not found", "That is not a delivery id."),
+        );
+    };
+    let journal = ui.journal.clone();
+    match blocking(move || History::open(&journal)?.show(id)).await {
+        Ok(Some((summary, message, attempts))) => {
+            let message = serde_json::from_str(&message).unwrap_or_default();
+            html(
+                StatusCode::OK,
+                pages::detail(&session.csrf, &summary, &message, &attempts),
+            )
+        }
+        Ok(None) => html(
+            StatusCode::NOT_FOUND,
+            pages::problem(
+                "Not found",
+                &format!("No delivery {id} in the journal (pruned, perhaps)."),
+            ),
+        ),
+        Err(e) => e,
+    }
+}
+
+/// `POST /deliveries/ID/replay`: the new delivery's page.
+async fn replay(ui: &Ui, id: &str) -> Response<Full<Bytes>> {
+    let Ok(id) = id.parse::<DeliveryId>() else {
+        return html(
+            StatusCode::NOT_FOUND,
+            pages::problem("Not found", "That is not a delivery id."),
+        );
+    };
+    match ui.service.replay(id).await {
+        Ok(new) => {
+            tracing::info!(delivery = %id, new = %new, "web page: replayed");
+            redirect(&format!("/deliveries/{new}"))
+        }
+        Err(e) => html(
+            StatusCode::CONFLICT,
+            pages::problem("Not replayed", &e.to_string()),
+        ),
+    }
+}
+
+/// Runs a journal read off the async threads; its error is already the answer.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, hubhook_core::journal::JournalError> + Send + 'static,
+) -> Result<T, Response<Full<Bytes>>> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "web page: cannot read the journal");
+            Err(html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::problem("Journal unreadable", &e.to_string()),
+            ))
+        }
+        Err(_) => Err(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the journal read failed",
+        )),
+    }
+}
+
+/// The fields of a form body (`application/x-www-form-urlencoded`, at most 8 KiB).
+async fn form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
+    let body = Limited::new(req.into_body(), MAX_FORM)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    Some(parse_form(std::str::from_utf8(&body).ok()?))
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// `a=1&b=x+y%21` as pairs; `+` is a space, and a bad escape is kept as written.
+fn parse_form(text: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => match s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                },
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A response with the headers every answer carries: no caching, no framing, no
+/// sniffing, and a policy that allows only what the binary serves.
+fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    let fixed = [
+        (CONTENT_TYPE, content_type),
+        (CACHE_CONTROL, "no-store"),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::X_FRAME_OPTIONS, "DENY"),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+        (
+            http::header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ];
+    for (name, value) in fixed {
+        headers.insert(
+            name,
+            http::HeaderValue::from_str(value).expect("a valid header"),
+        );
+    }
+    response
+}
+
+fn html(status: StatusCode, page: Markup) -> Response<Full<Bytes>> {
+    response(status, "text/html; charset=utf-8", page.into_string())
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    response(status, "text/plain; charset=utf-8", format!("{message}\n"))
+}
+
+fn asset(body: &'static str, content_type: &str) -> Response<Full<Bytes>> {
+    response(StatusCode::OK, content_type, body)
+}
+
+fn redirect(to: &str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::SEE_OTHER, to);
+    if let Ok(value) = http::HeaderValue::from_str(to) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
+fn set_cookie(response: &mut Response<Full<Bytes>>, value: &str) {
+    if let Ok(value) = http::HeaderValue::from_str(value) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_fields_are_decoded() {
+        let fields = parse_form("csrf=a%2Bb&password=two+words%21&bad=%zz&empty");
+        assert_eq!(field(&fields, "csrf"), "a+b");
+        assert_eq!(field(&fields, "password"), "two words!");
+        assert_eq!(field(&fields, "bad"), "%zz");
+        assert_eq!(field(&fields, "empty"), "");
+        assert_eq!(field(&fields, "missing"), "");
+    }
+}
