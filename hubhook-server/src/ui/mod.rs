@@ -37,6 +37,9 @@ use session::{cookie, Login, Session, Sessions, COOKIE};
 const MAX_FORM: usize = 8 * 1024;
 /// Connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 64;
+/// How long one connection is kept (a browser opens another): idle keep-alive
+/// connections cannot hold every slot for long.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// Deliveries the list shows unless `limit` says otherwise, and the most it shows.
 const DEFAULT_LIMIT: u64 = 100;
 const MAX_LIMIT: u64 = 1000;

@@ -61,6 +61,23 @@ fn push(server: &Server, repo: &str, tag: &str) -> String {
     answer["delivery"].as_str().expect("delivery").to_owned()
 }
 
+/// A receiver on 127.0.0.1 that answers every request 200; its address.
+fn answer_200() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 16 * 1024];
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = stream.read(&mut buffer);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    addr
+}
+
 /// Where the test keeps its screenshots for the README.
 fn screenshot_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
@@ -95,7 +112,11 @@ fn the_page_in_a_real_browser() {
         return;
     };
     let dir = TempDir::new("ui-browser");
-    let (server, page) = serve_with_ui(&dir, "");
+    let receiver = answer_200();
+    let (server, page) = serve_with_ui(
+        &dir,
+        &format!("[[notify]]\nname = \"ops\"\nurl = \"http://{receiver}/outcomes\"\n"),
+    );
     push(&server, "acme/site", "v1");
     let failed = push(&server, "acme/site", "v2");
     push(&server, "acme/other", "v1");
@@ -159,6 +180,22 @@ fn the_page_in_a_real_browser() {
     );
     assert_eq!(injected, json!(["undefined", 0]));
     assert!(!browser.saw("Page.javascriptDialogOpening"));
+    // The failure's notification, once sent, is listed with its result.
+    let notified = eventually(
+        Duration::from_secs(20),
+        "the notification's attempt",
+        || {
+            browser.open(&format!("{base}/deliveries/{failed}"));
+            let notes = browser.eval(
+            "[...document.querySelectorAll('h2')].some(h => h.innerText === 'Notifications') ? document.querySelectorAll('table.attempts')[1].innerText : ''",
+        );
+            notes.as_str().filter(|t| !t.is_empty()).map(str::to_owned)
+        },
+    );
+    assert!(
+        notified.contains("notify:ops") && notified.contains("ok"),
+        "{notified}"
+    );
     browser.screenshot(&screenshot_path("ui-delivery.png"));
 
     // Replay: a POST with the CSRF token, answered with the new delivery's page.
