@@ -124,20 +124,22 @@ async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Ar
                 let ui = ui.clone();
                 async move { Ok::<_, Infallible>(respond(&ui, req).await) }
             });
-            let served = match tls {
-                Some(tls) => {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(stream)) => {
-                            http.serve_connection(TokioIo::new(stream), service).await
+            let served = async {
+                match tls {
+                    Some(tls) => {
+                        let handshake =
+                            tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(stream)) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            _ => Ok(()),
                         }
-                        _ => return,
                     }
+                    None => http.serve_connection(TokioIo::new(stream), service).await,
                 }
-                None => http.serve_connection(TokioIo::new(stream), service).await,
             };
-            if let Err(e) = served {
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, served).await {
                 tracing::debug!(error = %e, "web page: connection ended");
             }
         });
