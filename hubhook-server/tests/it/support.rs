@@ -204,6 +204,18 @@ pub fn request(
     headers: &[&str],
     body: &[u8],
 ) -> (u16, String) {
+    let (status, _, body) = exchange(addr, method, target, headers, body);
+    (status, body)
+}
+
+/// Like [`request`], with the response's headers too (names lower-cased).
+pub fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
     let mut tcp = TcpStream::connect(addr).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
@@ -221,16 +233,18 @@ pub fn request(
     let mut response = Vec::new();
     tcp.read_to_end(&mut response).expect("read response");
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
 }
 
 /// Posts a Docker Hub push of `acme/site:TAG` to `/hubhook` with [`KEY`]; the status.

@@ -2,7 +2,7 @@
 //! DevTools protocol) and over plain HTTP for what a browser would not send.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -241,7 +241,7 @@ fn the_page_in_a_real_browser() {
     assert_eq!(browser.eval("window.__same_page === true"), json!(true));
 }
 
-/// One HTTP/1.1 request; the status, the headers (lower-cased names) and the body.
+/// One request to the page; a POST sends a form.
 fn exchange(
     addr: SocketAddr,
     method: &str,
@@ -249,37 +249,11 @@ fn exchange(
     headers: &[String],
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut raw = format!(
-        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut all: Vec<&str> = headers.iter().map(String::as_str).collect();
     if method == "POST" {
-        raw.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+        all.push("Content-Type: application/x-www-form-urlencoded");
     }
-    for h in headers {
-        raw.push_str(h);
-        raw.push_str("\r\n");
-    }
-    raw.push_str("\r\n");
-    raw.push_str(body);
-    tcp.write_all(raw.as_bytes()).expect("write");
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+    crate::support::exchange(addr, method, target, &all, body.as_bytes())
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
