@@ -259,6 +259,21 @@ impl History {
         Ok(Some((summary, message, attempts)))
     }
 
+    /// Runs `read` on one snapshot of the journal: what it reads by several calls
+    /// agrees, whatever the server writes meanwhile.
+    pub fn snapshot<T>(
+        &self,
+        read: impl FnOnce(&Self) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let snapshot = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.fail(e))?;
+        let value = read(self)?;
+        snapshot.commit().map_err(|e| self.fail(e))?;
+        Ok(value)
+    }
+
     /// Each handler's latest attempt at one delivery (the callback's and notifications'
     /// included), in the order they ran: what a list shows as the delivery's outcome.
     pub fn latest_attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, JournalError> {
