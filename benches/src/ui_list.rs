@@ -192,7 +192,7 @@ fn exchange(
     tcp.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
     let request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n{body}",
         body.len()
     );
     tcp.write_all(request.as_bytes()).expect("write");

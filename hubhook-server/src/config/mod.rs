@@ -136,6 +136,10 @@ pub(crate) struct UiSpec {
     pub(crate) password_hash: Option<String>,
     /// Serve the page with `[tls]`'s certificate (and mark its cookie `Secure`).
     pub(crate) tls: bool,
+    /// Mark the cookie `Secure` without `tls` (a TLS proxy in front).
+    pub(crate) secure_cookie: bool,
+    /// The `Host` values the page answers to, besides loopback's.
+    pub(crate) hosts: Vec<String>,
     pub(crate) session_ttl: Duration,
 }
 
@@ -148,6 +152,8 @@ impl fmt::Debug for UiSpec {
                 &self.password_hash.as_ref().map(|_| "redacted"),
             )
             .field("tls", &self.tls)
+            .field("secure_cookie", &self.secure_cookie)
+            .field("hosts", &self.hosts)
             .field("session_ttl", &self.session_ttl)
             .finish()
     }

@@ -46,6 +46,10 @@ pub(super) struct RawUi {
     pub(super) password_hash: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) tls: bool,
+    #[serde(default)]
+    pub(super) secure_cookie: bool,
+    #[serde(default)]
+    pub(super) hosts: Vec<String>,
     pub(super) session_ttl: Option<HumanDuration>,
 }
 

@@ -4,8 +4,9 @@ use super::*;
 
 /// Where the page listens when `[ui]` does not say.
 const DEFAULT_UI_ADDR: &str = "127.0.0.1:8081";
-/// How long a login lasts when `session_ttl` does not say.
+/// How long a login lasts when `session_ttl` does not say, and at most.
 const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 impl Parser<'_> {
     /// `[ui]`: `None` unless enabled. Read last: it needs the keys, `[tls]` and the journal.
@@ -66,22 +67,37 @@ impl Parser<'_> {
                 "needs [tls] cert and key files (an ACME certificate serves the hook only)".into(),
             ));
         }
-        if !raw.tls && !listen.ip().is_loopback() {
+        if !raw.tls && !raw.secure_cookie && !listen.ip().is_loopback() {
             self.warnings.borrow_mut().push(format!(
-                "{}: ui.listen {listen} is not loopback and ui.tls is off: the login crosses the network in clear; put it behind a TLS proxy or set ui.tls",
+                "{}: ui.listen {listen} is not loopback and ui.tls is off: the login crosses the network in clear; set ui.tls, or put it behind a TLS proxy and set ui.secure_cookie",
                 self.file.display()
+            ));
+        }
+        if let Some(bad) = raw
+            .hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains(['/', ' ', '@', '*']))
+        {
+            return Err(at(
+                "hosts",
+                format!("{bad:?} is not a Host value (like \"hubhook.example.com\" or \"10.0.0.5:8081\")"),
             ));
         }
         let session_ttl = raw
             .session_ttl
             .map_or(DEFAULT_SESSION_TTL, |HumanDuration(t)| t);
-        if session_ttl.is_zero() {
-            return Err(at("session_ttl", "must be more than 0".into()));
+        if session_ttl.is_zero() || session_ttl > MAX_SESSION_TTL {
+            return Err(at(
+                "session_ttl",
+                "must be more than 0 and at most 30 days".into(),
+            ));
         }
         Ok(Some(UiSpec {
             listen,
             password_hash,
             tls: raw.tls,
+            secure_cookie: raw.secure_cookie,
+            hosts: raw.hosts.clone(),
             session_ttl,
         }))
     }

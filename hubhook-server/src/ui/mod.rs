@@ -19,7 +19,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hubhook_core::journal::{Filter, History};
-use hubhook_core::{DeliveryId, DeliveryStatus, HubhookService, TlsConfig};
+use hubhook_core::{DeliveryId, DeliveryStatus, HubhookService, ReplayError, TlsConfig};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,7 +31,7 @@ use crate::deliveries::JOURNAL_FILE;
 use crate::error::Error;
 use pages::{ListQuery, Row};
 pub(crate) use session::{check_password_hash, hash_password};
-use session::{cookie, Login, Session, Sessions, COOKIE};
+use session::{cookie, Login, Refused, Session, Sessions, COOKIE};
 
 /// The largest form body read (a login or a replay).
 const MAX_FORM: usize = 8 * 1024;
@@ -40,6 +40,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// How long one connection is kept (a browser opens another): idle keep-alive
 /// connections cannot hold every slot for long.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// How long a new connection may take to send its first byte (or finish its TLS
+/// handshake) before it is closed.
+const FIRST_BYTE: Duration = Duration::from_secs(10);
 /// Deliveries the list shows unless `limit` says otherwise, and the most it shows.
 const DEFAULT_LIMIT: u64 = 100;
 const MAX_LIMIT: u64 = 1000;
@@ -55,8 +58,10 @@ struct Ui {
     service: HubhookService,
     login: Login,
     sessions: Sessions,
-    /// Whether the page is served over TLS (its cookie is then `Secure`).
-    secure: bool,
+    /// Whether the session cookie is `Secure` (served over TLS, or behind a TLS proxy).
+    secure_cookie: bool,
+    /// The `Host` values a request may carry (DNS rebinding), or any when empty.
+    hosts: Vec<String>,
     chart_days: usize,
 }
 
@@ -87,7 +92,8 @@ pub(crate) async fn start(
         service,
         login: Login::new(spec.password_hash.clone(), &config.api_keys),
         sessions: Sessions::new(spec.session_ttl),
-        secure: tls.is_some(),
+        secure_cookie: tls.is_some() || spec.secure_cookie,
+        hosts: allowed_hosts(spec, addr),
         chart_days: keep.clamp(1, MAX_CHART_DAYS) as usize,
     });
     tokio::spawn(accept(tcp, tls, ui));
@@ -127,8 +133,7 @@ async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Ar
             let served = async {
                 match tls {
                     Some(tls) => {
-                        let handshake =
-                            tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
+                        let handshake = tokio::time::timeout(FIRST_BYTE, tls.accept(stream));
                         match handshake.await {
                             Ok(Ok(stream)) => {
                                 http.serve_connection(TokioIo::new(stream), service).await
@@ -136,7 +141,14 @@ async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Ar
                             _ => Ok(()),
                         }
                     }
-                    None => http.serve_connection(TokioIo::new(stream), service).await,
+                    None => {
+                        // A connection that says nothing within 10 s gives its slot back.
+                        let first = tokio::time::timeout(FIRST_BYTE, stream.readable());
+                        if !matches!(first.await, Ok(Ok(()))) {
+                            return Ok(());
+                        }
+                        http.serve_connection(TokioIo::new(stream), service).await
+                    }
                 }
             };
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, served).await {
@@ -148,8 +160,18 @@ async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Ar
 
 /// One request: the assets and the login are open, every other page needs a session.
 async fn respond(ui: &Ui, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !host_allowed(&ui.hosts, &req) {
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this page answers to its own address only (see [ui] hosts)",
+        );
+    }
     let path = req.uri().path().to_owned();
-    let method = req.method().clone();
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     match (&method, path.as_str()) {
         (&Method::GET, "/assets/ui.css") => return asset(CSS, "text/css; charset=utf-8"),
         (&Method::GET, "/assets/ui.js") => return asset(JS, "text/javascript; charset=utf-8"),
@@ -161,7 +183,7 @@ async fn respond(ui: &Ui, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let Some(session) = token.as_deref().and_then(|t| ui.sessions.find(t)) else {
         // A page asks for the login; anything else is refused outright.
         return match method {
-            Method::GET | Method::HEAD => redirect("/login"),
+            Method::GET => redirect("/login"),
             _ => text(StatusCode::UNAUTHORIZED, "log in first"),
         };
     };
@@ -202,7 +224,8 @@ async fn respond(ui: &Ui, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, _, None) if path.starts_with("/deliveries/") => {
             detail(ui, &session, &path["/deliveries/".len()..]).await
         }
-        (_, "/" | "/logout", _) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, "/", _) => not_allowed("GET, HEAD"),
+        (_, "/logout", _) => not_allowed("POST"),
         _ => html(
             StatusCode::NOT_FOUND,
             pages::problem("Not found", "There is no such page."),
@@ -219,19 +242,39 @@ async fn log_in(ui: &Ui, req: Request<Incoming>) -> Response<Full<Bytes>> {
         );
     };
     let given = field(&fields, "password").to_owned();
-    if given.is_empty() || !ui.login.check(given).await {
-        tracing::warn!("web page: a login failed");
-        return html(
-            StatusCode::UNAUTHORIZED,
-            pages::login(Some("That is not the password.")),
-        );
+    let checked = match given.is_empty() {
+        true => Err(Refused::Wrong),
+        false => ui.login.check(given).await,
+    };
+    match checked {
+        Ok(()) => {}
+        Err(Refused::Wrong) => {
+            tracing::warn!("web page: a login failed");
+            return html(
+                StatusCode::UNAUTHORIZED,
+                pages::login(Some("That is not the password.")),
+            );
+        }
+        Err(Refused::Busy) => {
+            let mut response = html(
+                StatusCode::TOO_MANY_REQUESTS,
+                pages::login(Some(
+                    "Too many logins just now; try again in a few seconds.",
+                )),
+            );
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("10"),
+            );
+            return response;
+        }
     }
     let token = match ui.sessions.create() {
         Ok(token) => token,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e),
     };
     let mut response = redirect("/");
-    let secure = if ui.secure { "; Secure" } else { "" };
+    let secure = if ui.secure_cookie { "; Secure" } else { "" };
     set_cookie(
         &mut response,
         &format!(
@@ -273,15 +316,16 @@ async fn list(ui: &Ui, session: &Session, query: Option<&str>) -> Response<Full<
     let days = ui.chart_days;
     let now = now_ms();
     let read = blocking(move || {
-        let history = History::open(&journal)?;
-        let mut rows = Vec::new();
-        for summary in history.list(&filter)? {
-            let attempts = history.latest_attempts(summary.id)?;
-            rows.push(Row { summary, attempts });
-        }
-        let since = (now.div_euclid(86_400_000) - days as i64 + 1) * 86_400_000;
-        let timings = history.timings(since)?;
-        Ok((rows, chart::days(&timings, now, days)))
+        History::open(&journal)?.snapshot(|history| {
+            let mut rows = Vec::new();
+            for summary in history.list(&filter)? {
+                let attempts = history.latest_attempts(summary.id)?;
+                rows.push(Row { summary, attempts });
+            }
+            let since = (now.div_euclid(86_400_000) - days as i64 + 1) * 86_400_000;
+            let timings = history.timings(since)?;
+            Ok((rows, chart::days(&timings, now, days)))
+        })
     })
     .await;
     match read {
@@ -334,10 +378,14 @@ async fn replay(ui: &Ui, id: &str) -> Response<Full<Bytes>> {
             tracing::info!(delivery = %id, new = %new, "web page: replayed");
             redirect(&format!("/deliveries/{new}"))
         }
-        Err(e) => html(
-            StatusCode::CONFLICT,
-            pages::problem("Not replayed", &e.to_string()),
-        ),
+        Err(e) => {
+            let status = match e {
+                ReplayError::NotFound(_) => StatusCode::NOT_FOUND,
+                ReplayError::Busy(_) | ReplayError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::CONFLICT,
+            };
+            html(status, pages::problem("Not replayed", &e.to_string()))
+        }
     }
 }
 
@@ -466,6 +514,46 @@ fn redirect(to: &str) -> Response<Full<Bytes>> {
         response.headers_mut().insert(LOCATION, value);
     }
     response
+}
+
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    response
+}
+
+/// The `Host` values the page answers to: `[ui] hosts`, and for a loopback address the
+/// loopback names with its port. Empty (any host) when it listens on a wider address
+/// without `hosts`: a proxy in front names it.
+fn allowed_hosts(spec: &UiSpec, addr: SocketAddr) -> Vec<String> {
+    let mut hosts = spec.hosts.clone();
+    if addr.ip().is_loopback() {
+        let port = addr.port();
+        hosts.extend([
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+            addr.to_string(),
+        ]);
+    }
+    hosts
+}
+
+/// Whether a request's `Host` (or HTTP/2 authority) is one the page answers to. A page
+/// on loopback refuses other names, so a site that points its name at 127.0.0.1 (DNS
+/// rebinding) cannot talk to it from the operator's browser.
+fn host_allowed(hosts: &[String], req: &Request<Incoming>) -> bool {
+    if hosts.is_empty() {
+        return true;
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    host.is_some_and(|host| hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
 }
 
 fn set_cookie(response: &mut Response<Full<Bytes>>, value: &str) {

@@ -2,6 +2,7 @@
 //! and each session's CSRF token.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,20 @@ use subtle::ConstantTimeEq;
 pub(super) const COOKIE: &str = "hubhook_session";
 /// Sessions kept at most; the oldest gives way to a new login past this.
 const MAX_SESSIONS: usize = 1024;
-/// How long a failed login holds the next one back: at most one guess a second.
+/// How long a failed login waits before its answer.
 const FAILED_LOGIN_PAUSE: Duration = Duration::from_secs(1);
+/// Failed logins allowed per window; past them every login is refused until the window
+/// ends, unchecked. (10 guesses in 10 s: a password hash takes years to guess this way.)
+const FAILURES_PER_WINDOW: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// Logins waiting for their check at most; more are refused at once.
+const MAX_WAITING_LOGINS: usize = 8;
+/// The Argon2 costs a configured hash may ask for: each login runs at that cost.
+const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+const MAX_ARGON2_TIME: u32 = 10;
+const MAX_ARGON2_LANES: u32 = 8;
 
-/// Whether `hash` is an Argon2 hash in PHC form that a login can be checked against.
+/// Whether `hash` is an Argon2 hash in PHC form, at a cost a login can afford.
 pub(crate) fn check_password_hash(hash: &str) -> Result<(), String> {
     let parsed = PasswordHash::new(hash).map_err(|e| {
         format!("not a password hash in PHC form ({e}); make one with `hubhook ui-password`")
@@ -29,12 +40,20 @@ pub(crate) fn check_password_hash(hash: &str) -> Result<(), String> {
             parsed.algorithm
         ));
     }
-    Argon2::default()
-        .verify_password(b"", &parsed)
-        .or_else(|e| match e {
-            argon2::password_hash::Error::Password => Ok(()),
-            other => Err(format!("cannot be checked against: {other}")),
-        })
+    let params = argon2::Params::try_from(&parsed)
+        .map_err(|e| format!("its Argon2 parameters cannot be read: {e}"))?;
+    if params.m_cost() > MAX_ARGON2_MEMORY_KIB
+        || params.t_cost() > MAX_ARGON2_TIME
+        || params.p_cost() > MAX_ARGON2_LANES
+    {
+        return Err(format!(
+            "its cost (m={}, t={}, p={}) is more than a login may take (m={MAX_ARGON2_MEMORY_KIB}, t={MAX_ARGON2_TIME}, p={MAX_ARGON2_LANES}); make one with `hubhook ui-password`",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(())
 }
 
 /// An Argon2id hash of `password` in PHC form, with a random salt.
@@ -54,8 +73,21 @@ pub(super) struct Login {
     password_hash: Option<String>,
     /// Otherwise, the SHA-256 of each API key.
     keys: Vec<[u8; 32]>,
-    /// Held through each check, and for a pause after a failed one.
-    gate: tokio::sync::Mutex<()>,
+    /// One check at a time; at most [`MAX_WAITING_LOGINS`] wait for it.
+    gate: tokio::sync::Semaphore,
+    /// Logins waiting for the gate or holding it.
+    waiting: AtomicUsize,
+    /// The failures of the current window, and when it started.
+    failures: Mutex<(u32, tokio::time::Instant)>,
+}
+
+/// Why a login did not log in.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// Not the password (or a key).
+    Wrong,
+    /// Too many logins at once, or too many failures lately: try again shortly.
+    Busy,
 }
 
 impl Login {
@@ -63,15 +95,53 @@ impl Login {
         Self {
             password_hash,
             keys: keys.iter().map(|k| Sha256::digest(k).into()).collect(),
-            gate: tokio::sync::Mutex::new(()),
+            gate: tokio::sync::Semaphore::new(1),
+            waiting: AtomicUsize::new(0),
+            failures: Mutex::new((0, tokio::time::Instant::now())),
         }
     }
 
-    /// Whether `given` logs in. One check at a time, and a failed one pauses the next
-    /// for a second: guessing runs at one try a second, whatever the number of clients.
-    pub(super) async fn check(&self, given: String) -> bool {
-        let _turn = self.gate.lock().await;
-        let ok = match &self.password_hash {
+    /// Checks `given`. Guessing is bounded: one check at a time, a failed one answered
+    /// after a second, and past [`FAILURES_PER_WINDOW`] failures in a window every login
+    /// is refused unchecked until it ends. Nothing waits in a queue longer than a few
+    /// checks: a flood is refused, not queued in front of the operator.
+    pub(super) async fn check(&self, given: String) -> Result<(), Refused> {
+        if self.failures_left() == 0 {
+            return Err(Refused::Busy);
+        }
+        let ok = {
+            let _queued = Queued::join(&self.waiting).ok_or(Refused::Busy)?;
+            let Ok(_turn) = self.gate.acquire().await else {
+                return Err(Refused::Busy);
+            };
+            // A failure that came in while this one waited may have used up the window.
+            if self.failures_left() == 0 {
+                return Err(Refused::Busy);
+            }
+            self.matches(given).await
+        };
+        if ok {
+            return Ok(());
+        }
+        {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            failures.0 += 1;
+        }
+        tokio::time::sleep(FAILED_LOGIN_PAUSE).await;
+        Err(Refused::Wrong)
+    }
+
+    /// Failures still allowed in this window (a new window starts when the last ends).
+    fn failures_left(&self) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.1.elapsed() >= FAILURE_WINDOW {
+            *failures = (0, tokio::time::Instant::now());
+        }
+        FAILURES_PER_WINDOW.saturating_sub(failures.0)
+    }
+
+    async fn matches(&self, given: String) -> bool {
+        match &self.password_hash {
             Some(hash) => {
                 let hash = hash.clone();
                 tokio::task::spawn_blocking(move || {
@@ -92,11 +162,28 @@ impl Login {
                 }
                 ok.into()
             }
-        };
-        if !ok {
-            tokio::time::sleep(FAILED_LOGIN_PAUSE).await;
         }
-        ok
+    }
+}
+
+/// A place in the line for the check, given up when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    /// A place, unless [`MAX_WAITING_LOGINS`] are taken.
+    fn join(count: &'a AtomicUsize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_WAITING_LOGINS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -139,7 +226,9 @@ impl Sessions {
         let token = random_token()?;
         let session = Session {
             csrf: random_token()?,
-            expires: Instant::now() + self.ttl,
+            expires: Instant::now()
+                .checked_add(self.ttl)
+                .ok_or("the session's lifetime is out of range")?,
         };
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -209,16 +298,60 @@ mod tests {
     async fn the_password_or_a_key_logs_in() {
         let hash = hash_password("correct horse").expect("hash");
         let login = Login::new(Some(hash), &["the-api-key".to_owned()]);
-        assert!(login.check("correct horse".into()).await);
+        assert_eq!(login.check("correct horse".into()).await, Ok(()));
         // With a password set, a key does not log in.
-        assert!(!login.check("the-api-key".into()).await);
+        assert_eq!(login.check("the-api-key".into()).await, Err(Refused::Wrong));
         let keys = Login::new(None, &["the-api-key".to_owned()]);
-        assert!(keys.check("the-api-key".into()).await);
-        assert!(!keys.check("the-api-kez".into()).await);
+        assert_eq!(keys.check("the-api-key".into()).await, Ok(()));
+        assert_eq!(keys.check("the-api-kez".into()).await, Err(Refused::Wrong));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn guessing_is_bounded_and_a_flood_is_refused_not_queued() {
+        let login = std::sync::Arc::new(Login::new(None, &["the-api-key".to_owned()]));
+        // Twenty guesses at once: a few are checked (and fail), the rest are refused
+        // at once; nothing waits behind a long line.
+        let guesses: Vec<_> = (0..20)
+            .map(|i| {
+                let login = login.clone();
+                tokio::spawn(async move { login.check(format!("guess-{i}")).await })
+            })
+            .collect();
+        let mut wrong = 0;
+        for guess in guesses {
+            match guess.await.expect("a guess") {
+                Err(Refused::Wrong) => wrong += 1,
+                Err(Refused::Busy) => {}
+                Ok(()) => panic!("a guess logged in"),
+            }
+        }
+        assert!(
+            (1..=FAILURES_PER_WINDOW).contains(&wrong),
+            "{wrong} checked"
+        );
+        // Past the window's failures even the key is refused, until the window ends.
+        for i in 0..FAILURES_PER_WINDOW {
+            let _ = login.check(format!("more-{i}")).await;
+        }
+        assert_eq!(login.check("the-api-key".into()).await, Err(Refused::Busy));
+        tokio::time::sleep(FAILURE_WINDOW).await;
+        assert_eq!(login.check("the-api-key".into()).await, Ok(()));
+    }
+
+    #[test]
+    fn a_hash_that_costs_too_much_is_refused() {
+        let costly = "$argon2id$v=19$m=4194304,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$ZHVtbXloYXNoZHVtbXloYXNoZHVtbXloYXNoZHVtbXk";
+        let e = check_password_hash(costly).expect_err("4 GiB a login");
+        assert!(e.contains("m=4194304"), "{e}");
     }
 
     #[test]
     fn sessions_expire_and_end() {
+        let sessions = Sessions::new(Duration::MAX);
+        assert!(
+            sessions.create().is_err(),
+            "an out-of-range lifetime is an error"
+        );
         let sessions = Sessions::new(Duration::from_millis(0));
         let token = sessions.create().expect("session");
         assert!(sessions.find(&token).is_none(), "expired at once");

@@ -6,8 +6,11 @@
   const live = document.querySelector("[data-refresh]");
   if (!live || !window.fetch || !window.DOMParser) return;
   const every = Math.max(2, Number(live.dataset.refresh) || 5) * 1000;
+  let busy = false;
   async function refresh() {
-    if (document.visibilityState !== "visible") return;
+    // One refresh at a time: a slow answer is not joined by more.
+    if (busy || document.visibilityState !== "visible") return;
+    busy = true;
     try {
       const answer = await fetch(location.href, { credentials: "same-origin", redirect: "manual" });
       if (!answer.ok) return;
@@ -16,6 +19,8 @@
       if (fresh) live.replaceChildren(...fresh.childNodes);
     } catch (_) {
       // Offline or restarting: the next tick tries again.
+    } finally {
+      busy = false;
     }
   }
   setInterval(refresh, every);

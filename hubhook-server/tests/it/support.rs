@@ -220,9 +220,16 @@ pub fn exchange(
     tcp.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
     let mut raw = format!(
-        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {target} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    // The address it was sent to, as clients send it, unless the test names another.
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        raw.push_str(&format!("Host: {addr}\r\n"));
+    }
     for h in headers {
         raw.push_str(h);
         raw.push_str("\r\n");

@@ -292,6 +292,10 @@ fn without_a_session_or_its_token_nothing_is_shown_or_replayed() {
         let (status, _, _) = exchange(page, "POST", &target, none, "csrf=x");
         assert_eq!(status, 401, "{target}");
     }
+    // A name the page does not know (DNS rebinding) is refused before anything else.
+    let rebound =
+        crate::support::exchange(page, "GET", "/login", &["Host: evil.example:8081"], b"");
+    assert_eq!(rebound.0, 421);
     let forged = ["Cookie: hubhook_session=forged".to_owned()];
     let (status, _, _) = exchange(page, "GET", "/", &forged, "");
     assert_eq!(status, 303);
@@ -455,6 +459,14 @@ fn ui_settings_that_cannot_work_are_refused_with_their_line() {
         (
             "[ui]\nsesion_ttl = \"1h\"\n",
             "hubhook.toml:4: ui.sesion_ttl: unknown",
+        ),
+        (
+            "[ui]\nsession_ttl = \"400d\"\n",
+            "hubhook.toml:4: ui.session_ttl: must be more than 0 and at most 30 days",
+        ),
+        (
+            "[ui]\nhosts = [\"https://x\"]\n",
+            "hubhook.toml:4: ui.hosts: \"https://x\" is not a Host value",
         ),
     ];
     for (extra, expected) in cases {
