@@ -225,6 +225,10 @@ fn check(file: &Path) -> Result<(), Error> {
             names.join(", ")
         }
     );
+    if let Some(ui) = &config.ui {
+        let scheme = if ui.tls { "https" } else { "http" };
+        println!("web page: {scheme}://{}/", ui.listen);
+    }
     println!("checked: {}", checked.join("; "));
     Ok(())
 }

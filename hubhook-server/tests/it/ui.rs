@@ -477,3 +477,35 @@ fn ui_settings_that_cannot_work_are_refused_with_their_line() {
         assert!(stderr.contains(expected), "{extra}: {stderr}");
     }
 }
+
+#[test]
+fn behind_nginx_the_page_answers_its_proxy_and_its_own_names_only() {
+    let dir = TempDir::new("ui-nginx");
+    let page = format!("127.0.0.1:{}", hubhook_testkit::free_port());
+    config(
+        &dir,
+        &format!("{DEPLOY}\n[ui]\nlisten = \"{page}\"\nhosts = [\"ui.example\"]\n"),
+    );
+    let mut server = Server::start(&["--config", "hubhook.toml"], dir.path(), &[]);
+    server.wait_for_stderr("web page of deliveries on ");
+    let nginx = hubhook_testkit::Nginx::start(&dir, |port| {
+        format!(
+            "server {{ listen 127.0.0.1:{port};\n\
+               location / {{ proxy_pass http://{page}; }}\n\
+               location /public/ {{ proxy_set_header Host $host; proxy_pass http://{page}/; }}\n}}"
+        )
+    });
+    let through: SocketAddr = format!("127.0.0.1:{}", nginx.port).parse().expect("addr");
+    // nginx's default Host is the proxied address: allowed.
+    let (status, _, body) = exchange(through, "GET", "/login", &[], "");
+    assert_eq!(status, 200, "{body}");
+    let cookie = [log_in(through, KEY)];
+    let (status, _, body) = exchange(through, "GET", "/", &cookie, "");
+    assert_eq!(status, 200);
+    assert!(body.contains("table class=\"deliveries\""), "{body}");
+    // Passing the client's Host on: the configured name is allowed, another is not.
+    let named = ["Host: ui.example".to_owned()];
+    assert_eq!(exchange(through, "GET", "/public/login", &named, "").0, 200);
+    let other = ["Host: rebound.example".to_owned()];
+    assert_eq!(exchange(through, "GET", "/public/login", &other, "").0, 421);
+}
