@@ -7,6 +7,8 @@ const DEFAULT_UI_ADDR: &str = "127.0.0.1:8081";
 /// How long a login lasts when `session_ttl` does not say, and at most.
 const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSION_TTL: Duration = Duration::from_secs(30 * 86_400);
+/// A cookie's `Max-Age` is in whole seconds; less than a minute is a typo.
+const MIN_SESSION_TTL: Duration = Duration::from_secs(60);
 
 impl Parser<'_> {
     /// `[ui]`: `None` unless enabled. Read last: it needs the keys, `[tls]` and the journal.
@@ -67,6 +69,12 @@ impl Parser<'_> {
                 "needs [tls] cert and key files (an ACME certificate serves the hook only)".into(),
             ));
         }
+        if !listen.ip().is_loopback() && raw.hosts.is_empty() {
+            self.warnings.borrow_mut().push(format!(
+                "{}: ui.listen {listen} is not loopback and ui.hosts is empty: the page answers any Host name; list the names it is reached by",
+                self.file.display()
+            ));
+        }
         if !raw.tls && !raw.secure_cookie && !listen.ip().is_loopback() {
             self.warnings.borrow_mut().push(format!(
                 "{}: ui.listen {listen} is not loopback and ui.tls is off: the login crosses the network in clear; set ui.tls, or put it behind a TLS proxy and set ui.secure_cookie",
@@ -86,10 +94,10 @@ impl Parser<'_> {
         let session_ttl = raw
             .session_ttl
             .map_or(DEFAULT_SESSION_TTL, |HumanDuration(t)| t);
-        if session_ttl.is_zero() || session_ttl > MAX_SESSION_TTL {
+        if session_ttl < MIN_SESSION_TTL || session_ttl > MAX_SESSION_TTL {
             return Err(at(
                 "session_ttl",
-                "must be more than 0 and at most 30 days".into(),
+                "must be between 1 minute and 30 days".into(),
             ));
         }
         Ok(Some(UiSpec {

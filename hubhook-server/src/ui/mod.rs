@@ -104,12 +104,17 @@ async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Ar
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(FIRST_BYTE)
         .max_buf_size(64 * 1024);
     http.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(16);
-    let http = Arc::new(http);
+        .max_concurrent_streams(16)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(FIRST_BYTE);
+    // No version sniffing (it waits for bytes with no timeout of its own): plain TCP is
+    // HTTP/1 (browsers speak HTTP/2 over TLS alone), and TLS says which in its ALPN.
+    let h1 = Arc::new(http.clone().http1_only());
+    let h2 = Arc::new(http.http2_only());
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -123,38 +128,60 @@ async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Ar
                 continue;
             }
         };
-        let (http, ui, tls) = (http.clone(), ui.clone(), tls.clone());
+        let (ui, tls, h1, h2) = (ui.clone(), tls.clone(), h1.clone(), h2.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let ui = ui.clone();
                 async move { Ok::<_, Infallible>(respond(&ui, req).await) }
             });
-            let served = async {
-                match tls {
-                    Some(tls) => {
-                        let handshake = tokio::time::timeout(FIRST_BYTE, tls.accept(stream));
-                        match handshake.await {
-                            Ok(Ok(stream)) => {
-                                http.serve_connection(TokioIo::new(stream), service).await
-                            }
-                            _ => Ok(()),
-                        }
+            let served = match tls {
+                Some(tls) => match tokio::time::timeout(FIRST_BYTE, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let http = match stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => &h2,
+                            _ => &h1,
+                        };
+                        serve(http, TokioIo::new(stream), service).await
                     }
-                    None => {
-                        // A connection that says nothing within 10 s gives its slot back.
-                        let first = tokio::time::timeout(FIRST_BYTE, stream.readable());
-                        if !matches!(first.await, Ok(Ok(()))) {
-                            return Ok(());
-                        }
-                        http.serve_connection(TokioIo::new(stream), service).await
-                    }
-                }
+                    _ => Ok(()),
+                },
+                None => serve(&h1, TokioIo::new(stream), service).await,
             };
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, served).await {
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "web page: connection ended");
             }
         });
+    }
+}
+
+/// Serves one connection for at most [`CONNECTION_LIFETIME`], then closes it gracefully
+/// (a request in flight is answered; a browser opens another connection).
+async fn serve<I, S>(
+    http: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = http.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => return served,
+        () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    match tokio::time::timeout(FIRST_BYTE, connection).await {
+        Ok(served) => served,
+        Err(_) => Ok(()),
     }
 }
 
@@ -346,7 +373,7 @@ async fn detail(ui: &Ui, session: &Session, id: &str) -> Response<Full<Bytes>> {
         );
     };
     let journal = ui.journal.clone();
-    match blocking(move || History::open(&journal)?.show(id)).await {
+    match blocking(move || History::open(&journal)?.snapshot(|h| h.show(id))).await {
         Ok(Some((summary, message, attempts))) => {
             let message = serde_json::from_str(&message).unwrap_or_default();
             html(
@@ -531,11 +558,17 @@ fn allowed_hosts(spec: &UiSpec, addr: SocketAddr) -> Vec<String> {
     let mut hosts = spec.hosts.clone();
     if addr.ip().is_loopback() {
         let port = addr.port();
+        // With their port, and bare (as a browser writes them on the scheme's default
+        // port, or a proxy that drops it): no other site can make a browser send these.
         hosts.extend([
             format!("127.0.0.1:{port}"),
             format!("localhost:{port}"),
             format!("[::1]:{port}"),
             addr.to_string(),
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+            "[::1]".to_owned(),
+            addr.ip().to_string(),
         ]);
     }
     hosts

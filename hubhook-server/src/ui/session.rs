@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -18,12 +18,12 @@ pub(super) const COOKIE: &str = "hubhook_session";
 const MAX_SESSIONS: usize = 1024;
 /// How long a failed login waits before its answer.
 const FAILED_LOGIN_PAUSE: Duration = Duration::from_secs(1);
-/// Failed logins allowed per window; past them every login is refused until the window
-/// ends, unchecked. (10 guesses in 10 s: a password hash takes years to guess this way.)
-const FAILURES_PER_WINDOW: u32 = 10;
-const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// Checks allowed at once after a quiet spell, then one a second: the pace of guessing.
+/// (A wrong guess keeps its turn; a right one gives it back.)
+const CHECK_BURST: f64 = 10.0;
+const CHECKS_PER_SECOND: f64 = 1.0;
 /// Logins waiting for their check at most; more are refused at once.
-const MAX_WAITING_LOGINS: usize = 8;
+const MAX_WAITING_LOGINS: usize = 32;
 /// The Argon2 costs a configured hash may ask for: each login runs at that cost.
 const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
 const MAX_ARGON2_TIME: u32 = 10;
@@ -70,15 +70,16 @@ pub(crate) fn hash_password(password: &str) -> Result<String, String> {
 /// What a login is checked against.
 pub(super) struct Login {
     /// The configured Argon2 hash; when set, only the password logs in.
-    password_hash: Option<String>,
+    password_hash: Option<Arc<str>>,
     /// Otherwise, the SHA-256 of each API key.
     keys: Vec<[u8; 32]>,
-    /// One check at a time; at most [`MAX_WAITING_LOGINS`] wait for it.
-    gate: tokio::sync::Semaphore,
+    /// One check at a time, in turn: its permit goes with the check, also into a blocking
+    /// Argon2 run that outlives a client who hung up.
+    gate: Arc<tokio::sync::Semaphore>,
     /// Logins waiting for the gate or holding it.
     waiting: AtomicUsize,
-    /// The failures of the current window, and when it started.
-    failures: Mutex<(u32, tokio::time::Instant)>,
+    /// The turns to check: tokens, and when they were last counted.
+    bucket: Mutex<(f64, tokio::time::Instant)>,
 }
 
 /// Why a login did not log in.
@@ -86,65 +87,76 @@ pub(super) struct Login {
 pub(super) enum Refused {
     /// Not the password (or a key).
     Wrong,
-    /// Too many logins at once, or too many failures lately: try again shortly.
+    /// Too many logins waiting: try again shortly.
     Busy,
 }
 
 impl Login {
     pub(super) fn new(password_hash: Option<String>, keys: &[String]) -> Self {
         Self {
-            password_hash,
+            password_hash: password_hash.map(Arc::from),
             keys: keys.iter().map(|k| Sha256::digest(k).into()).collect(),
-            gate: tokio::sync::Semaphore::new(1),
+            gate: Arc::new(tokio::sync::Semaphore::new(1)),
             waiting: AtomicUsize::new(0),
-            failures: Mutex::new((0, tokio::time::Instant::now())),
+            bucket: Mutex::new((CHECK_BURST, tokio::time::Instant::now())),
         }
     }
 
-    /// Checks `given`. Guessing is bounded: one check at a time, a failed one answered
-    /// after a second, and past [`FAILURES_PER_WINDOW`] failures in a window every login
-    /// is refused unchecked until it ends. Nothing waits in a queue longer than a few
-    /// checks: a flood is refused, not queued in front of the operator.
+    /// Checks `given`, every time: guessing is slowed, never answered without a check.
+    /// Logins take turns (at most [`MAX_WAITING_LOGINS`] wait; more get [`Refused::Busy`]
+    /// at once), each turn spends a token of a bucket that refills at one a second (a
+    /// right password gives its token back), and a wrong one is answered after a second.
     pub(super) async fn check(&self, given: String) -> Result<(), Refused> {
-        if self.failures_left() == 0 {
-            return Err(Refused::Busy);
-        }
         let ok = {
             let _queued = Queued::join(&self.waiting).ok_or(Refused::Busy)?;
-            let Ok(_turn) = self.gate.acquire().await else {
-                return Err(Refused::Busy);
-            };
-            // A failure that came in while this one waited may have used up the window.
-            if self.failures_left() == 0 {
-                return Err(Refused::Busy);
-            }
-            self.matches(given).await
+            let turn = self
+                .gate
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Refused::Busy)?;
+            self.spend_token().await;
+            self.matches(given, turn).await
         };
         if ok {
+            self.give_back_token();
             return Ok(());
-        }
-        {
-            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            failures.0 += 1;
         }
         tokio::time::sleep(FAILED_LOGIN_PAUSE).await;
         Err(Refused::Wrong)
     }
 
-    /// Failures still allowed in this window (a new window starts when the last ends).
-    fn failures_left(&self) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.1.elapsed() >= FAILURE_WINDOW {
-            *failures = (0, tokio::time::Instant::now());
+    /// Waits for a token and spends it (before the check: a client who hangs up during
+    /// it has spent its turn all the same).
+    async fn spend_token(&self) {
+        loop {
+            let wait = {
+                let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+                let now = tokio::time::Instant::now();
+                let refill = now.duration_since(bucket.1).as_secs_f64() * CHECKS_PER_SECOND;
+                *bucket = ((bucket.0 + refill).min(CHECK_BURST), now);
+                if bucket.0 >= 1.0 {
+                    bucket.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - bucket.0) / CHECKS_PER_SECOND)
+            };
+            tokio::time::sleep(wait).await;
         }
-        FAILURES_PER_WINDOW.saturating_sub(failures.0)
     }
 
-    async fn matches(&self, given: String) -> bool {
+    fn give_back_token(&self) {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        bucket.0 = (bucket.0 + 1.0).min(CHECK_BURST);
+    }
+
+    /// The check itself; `turn` is held until it ends, also when the caller is dropped.
+    async fn matches(&self, given: String, turn: tokio::sync::OwnedSemaphorePermit) -> bool {
         match &self.password_hash {
             Some(hash) => {
                 let hash = hash.clone();
                 tokio::task::spawn_blocking(move || {
+                    let _turn = turn;
                     PasswordHash::new(&hash).is_ok_and(|parsed| {
                         Argon2::default()
                             .verify_password(given.as_bytes(), &parsed)
@@ -155,6 +167,7 @@ impl Login {
                 .unwrap_or(false)
             }
             None => {
+                let _turn = turn;
                 let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
                 let mut ok = subtle::Choice::from(0);
                 for key in &self.keys {
@@ -307,35 +320,77 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn guessing_is_bounded_and_a_flood_is_refused_not_queued() {
-        let login = std::sync::Arc::new(Login::new(None, &["the-api-key".to_owned()]));
-        // Twenty guesses at once: a few are checked (and fail), the rest are refused
-        // at once; nothing waits behind a long line.
-        let guesses: Vec<_> = (0..20)
+    async fn guessing_is_paced_and_a_right_key_still_gets_its_check() {
+        let login = Arc::new(Login::new(None, &["the-api-key".to_owned()]));
+        let start = tokio::time::Instant::now();
+        // Thirty guesses at once: a burst of 10 is checked at once, the other 20 at one
+        // a second.
+        let guesses: Vec<_> = (0..30)
             .map(|i| {
                 let login = login.clone();
                 tokio::spawn(async move { login.check(format!("guess-{i}")).await })
             })
             .collect();
-        let mut wrong = 0;
         for guess in guesses {
-            match guess.await.expect("a guess") {
-                Err(Refused::Wrong) => wrong += 1,
-                Err(Refused::Busy) => {}
-                Ok(()) => panic!("a guess logged in"),
+            assert_eq!(guess.await.expect("a guess"), Err(Refused::Wrong));
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(20), "{took:?}");
+        assert!(took < Duration::from_secs(23), "{took:?}");
+        // Right after the guesses, the key still logs in: it waits for a turn.
+        assert_eq!(login.check("the-api-key".into()).await, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_waits_in_a_bounded_line() {
+        let login = Arc::new(Login::new(None, &["the-api-key".to_owned()]));
+        // Someone is being checked: the next ones wait in line, up to its length.
+        let held = login.gate.clone().acquire_owned().await.expect("the gate");
+        let waiting: Vec<_> = (0..MAX_WAITING_LOGINS + 5)
+            .map(|i| {
+                let login = login.clone();
+                tokio::spawn(async move { login.check(format!("guess-{i}")).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let mut busy = 0;
+        let mut pending = Vec::new();
+        for task in waiting {
+            if task.is_finished() {
+                assert_eq!(task.await.expect("a login"), Err(Refused::Busy));
+                busy += 1;
+            } else {
+                pending.push(task);
             }
         }
-        assert!(
-            (1..=FAILURES_PER_WINDOW).contains(&wrong),
-            "{wrong} checked"
-        );
-        // Past the window's failures even the key is refused, until the window ends.
-        for i in 0..FAILURES_PER_WINDOW {
-            let _ = login.check(format!("more-{i}")).await;
+        assert_eq!((busy, pending.len()), (5, MAX_WAITING_LOGINS));
+        drop(held);
+        for task in pending {
+            assert_eq!(task.await.expect("a login"), Err(Refused::Wrong));
         }
-        assert_eq!(login.check("the-api-key".into()).await, Err(Refused::Busy));
-        tokio::time::sleep(FAILURE_WINDOW).await;
-        assert_eq!(login.check("the-api-key".into()).await, Ok(()));
+        assert_eq!(
+            login.waiting.load(Ordering::Acquire),
+            0,
+            "every place given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_whose_client_hung_up_keeps_its_turn_until_its_check_ends() {
+        let hash = hash_password("correct horse").expect("hash");
+        let login = Arc::new(Login::new(Some(hash), &[]));
+        let check = {
+            let login = login.clone();
+            tokio::spawn(async move { login.check("wrong".into()).await })
+        };
+        // Wait until it holds the gate, then drop it as hyper drops a request.
+        while login.gate.available_permits() == 1 {
+            tokio::task::yield_now().await;
+        }
+        check.abort();
+        // The Argon2 run goes on, and keeps the gate: the next check waits for it.
+        assert_eq!(login.gate.available_permits(), 0);
+        assert_eq!(login.check("correct horse".into()).await, Ok(()));
     }
 
     #[test]

@@ -462,7 +462,7 @@ fn ui_settings_that_cannot_work_are_refused_with_their_line() {
         ),
         (
             "[ui]\nsession_ttl = \"400d\"\n",
-            "hubhook.toml:4: ui.session_ttl: must be more than 0 and at most 30 days",
+            "hubhook.toml:4: ui.session_ttl: must be between 1 minute and 30 days",
         ),
         (
             "[ui]\nhosts = [\"https://x\"]\n",
