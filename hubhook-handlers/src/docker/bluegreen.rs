@@ -275,7 +275,8 @@ impl Swap<'_> {
             Ok(id) => id,
             Err((reason, cause)) => {
                 // nginx still points to the old container: the new one just goes.
-                return Err(self.roll_back(reference, &reason, cause, None).await);
+                let failure = self.roll_back(reference, &reason, cause, None).await;
+                return Err(super::owed_if_cancelled(failure, ctx, self.name));
             }
         };
         // The switch: nginx points to the new container from here on.

@@ -492,14 +492,7 @@ impl ComposeHandler {
             ))),
             Err(reason) => {
                 let failure = self.roll_back(&tagged, &before, &reason).await;
-                // Cut short by a shutdown (its gate was cancelled, not failed): the
-                // previous version runs again, and the delivery is still owed a run, so
-                // a journaled server deploys it at its next start.
-                if ctx.is_cancelled() {
-                    tracing::warn!(handler = %self.name, "{failure}");
-                    return Err(HandlerError::Cancelled);
-                }
-                Err(failure)
+                Err(super::owed_if_cancelled(failure, ctx, &self.name))
             }
         }
     }

@@ -175,7 +175,8 @@ impl Swap<'_> {
         let id = match result {
             Ok(id) => id,
             Err((reason, cause)) => {
-                return Err(self.roll_back(reference, &reason, cause, previous).await)
+                let failure = self.roll_back(reference, &reason, cause, previous).await;
+                return Err(super::owed_if_cancelled(failure, ctx, self.name));
             }
         };
 

@@ -169,6 +169,39 @@ async fn a_broken_image_is_rolled_back() {
     assert!(container_id(&format!("{name}-hubhook-old")).is_none());
 }
 
+// Two workers: the test's own waiting below blocks its thread while the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_in_the_gate_rolls_back_and_leaves_the_push_owed() {
+    if !available("a_shutdown_in_the_gate_rolls_back_and_leaves_the_push_owed") {
+        return;
+    }
+    let s = Site::new("cancel", &["v1", "v4"]);
+    // v4 runs but never serves: its gate waits (here up to 60 s) until the shutdown.
+    let handler = s.handler().health_timeout(Duration::from_secs(60));
+    let v1 = s.v1_running(&handler).await;
+    let msg = push_of(&s.registry, "v4");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let ctx = Context::new(DeliveryId::generate()).with_cancellation(cancel.clone());
+    let run = tokio::spawn({
+        let handler = handler.clone();
+        async move { handler.handle(&msg, &ctx).await }
+    });
+    // The shutdown comes once v4 runs as the candidate, in its gate.
+    let candidate = format!("{}-hubhook-new", s.name);
+    eventually(Duration::from_secs(60), "v4 in its gate", || {
+        container_id(&candidate)
+    });
+    cancel.cancel();
+    let result = run.await.expect("the run ends");
+    assert!(
+        matches!(result, Err(HandlerError::Cancelled)),
+        "owed again, not failed: {result:?}"
+    );
+    assert_eq!(page(s.port).as_deref(), Some("site v1"), "v1 serves again");
+    assert_eq!(container_id(&s.name), v1, "the same container as before");
+    assert!(container_id(&candidate).is_none(), "the candidate is gone");
+}
+
 #[tokio::test]
 async fn a_failed_pull_touches_nothing() {
     if !available("a_failed_pull_touches_nothing") {
