@@ -370,18 +370,19 @@ impl ComposeHandler {
         }
     }
 
-    /// The containers of `service` in the project, by id (stopped ones too, as
-    /// `compose ps -q` lists them).
-    async fn containers(&self, service: &str) -> Result<Vec<String>, Failure> {
-        let ids = match self.labelled.get() {
+    /// `service`'s containers (one-off ones aside), with whether each runs: by the
+    /// project's label once it is known (one `docker ps`), else through `compose ps`
+    /// (whose list, in Compose v2, holds running containers only).
+    async fn containers(&self, service: &str) -> Result<Vec<Listed>, Failure> {
+        match self.labelled.get() {
             Some(project) => {
                 let project = format!("label=com.docker.compose.project={project}");
                 let service = format!("label=com.docker.compose.service={service}");
-                self.docker
+                let listed = self
+                    .docker
                     .run(&[
                         "ps",
                         "--all",
-                        "--quiet",
                         "--no-trunc",
                         "--filter",
                         &project,
@@ -389,47 +390,83 @@ impl ComposeHandler {
                         &service,
                         "--filter",
                         "label=com.docker.compose.oneoff=False",
+                        "--format",
+                        "{{.ID}} {{.State}}",
                     ])
-                    .await?
+                    .await?;
+                Ok(listed
+                    .lines()
+                    .filter_map(|line| {
+                        let (id, state) = line.split_once(' ')?;
+                        Some(Listed {
+                            id: id.to_owned(),
+                            running: state.trim() == "running",
+                        })
+                    })
+                    .collect())
             }
             None => {
                 let command = self.command(&["ps", "-q", service]);
-                self.docker
+                let ids = self
+                    .docker
                     .output(command, "compose ps", self.docker.step_timeout)
-                    .await?
+                    .await?;
+                // No state here; `inspect` of the first one teaches the label, and the
+                // next listing has states.
+                Ok(ids
+                    .split_whitespace()
+                    .map(|id| Listed {
+                        id: id.to_owned(),
+                        running: true,
+                    })
+                    .collect())
             }
-        };
-        Ok(ids.split_whitespace().map(str::to_owned).collect())
+        }
     }
 
-    /// The image id each service's first container runs, in service order; learns the
-    /// project's label on the way.
-    async fn running_images(&self) -> Result<Vec<Option<String>>, Failure> {
-        let mut images = Vec::new();
+    /// Before `up`: each service's containers, and the image id of the one it runs
+    /// (a running container first, so that a stopped leftover of a scale change is not
+    /// taken for it), in service order.
+    async fn running_images(&self) -> Result<Before, Failure> {
+        let mut before = Before::default();
         for service in &self.services {
-            let image = match self.containers(service).await?.first() {
-                Some(id) => {
-                    let found = self
-                        .docker
-                        .run(&[
-                            "inspect",
-                            "--format",
-                            "{{.Image}} {{index .Config.Labels \"com.docker.compose.project\"}}",
-                            id,
-                        ])
-                        .await?;
-                    let mut fields = found.split_whitespace();
-                    let image = fields.next().unwrap_or_default().to_owned();
-                    if let Some(project) = fields.next() {
-                        let _ = self.labelled.set(project.to_owned());
+            let mut listed = self.containers(service).await?;
+            if self.labelled.get().is_none() {
+                if let Some(first) = listed.first() {
+                    // Learn the project's label, then list again with each one's state.
+                    self.image_of(&first.id).await?;
+                    if self.labelled.get().is_some() {
+                        listed = self.containers(service).await?;
                     }
-                    Some(image)
                 }
+            }
+            let image = match listed.iter().find(|c| c.running).or(listed.first()) {
+                Some(c) => Some(self.image_of(&c.id).await?),
                 None => None,
             };
-            images.push(image);
+            before.images.push(image);
+            before.ids.extend(listed.into_iter().map(|c| c.id));
         }
-        Ok(images)
+        Ok(before)
+    }
+
+    /// The image id container `id` runs; learns the project's label on the way.
+    async fn image_of(&self, id: &str) -> Result<String, Failure> {
+        let found = self
+            .docker
+            .run(&[
+                "inspect",
+                "--format",
+                "{{.Image}} {{index .Config.Labels \"com.docker.compose.project\"}}",
+                id,
+            ])
+            .await?;
+        let mut fields = found.split_whitespace();
+        let image = fields.next().unwrap_or_default().to_owned();
+        if let Some(project) = fields.next() {
+            let _ = self.labelled.set(project.to_owned());
+        }
+        Ok(image)
     }
 
     /// Checks what the payload chose: this repository and exactly the file's tag.
@@ -482,7 +519,7 @@ impl ComposeHandler {
         // From here on the steps run to their end: a cancelled run must not leave a
         // service half-recreated without its rollback.
         let result = match self.compose(&["up", "-d", "--no-deps"], None).await {
-            Ok(_) => self.gate(ctx).await,
+            Ok(_) => self.gate(ctx, &before.ids).await,
             Err(e) => Err(format!("compose up failed: {e}")),
         };
         match result {
@@ -491,19 +528,26 @@ impl ComposeHandler {
                 started.elapsed()
             ))),
             Err(reason) => {
-                let failure = self.roll_back(&tagged, &before, &reason).await;
+                let failure = self.roll_back(&tagged, &before.images, &reason).await;
                 Err(super::owed_if_cancelled(failure, ctx, &self.name))
             }
         }
     }
 
-    /// The health gate on each service's new containers.
-    async fn gate(&self, ctx: &Context) -> Result<(), String> {
+    /// The health gate on each service's containers after `up`: those it created (not
+    /// among `before`, whatever their state: one that exited at once fails) and those it
+    /// kept running. A stopped container that was there before (a leftover of a scale
+    /// change) is not the service's and is left out.
+    async fn gate(&self, ctx: &Context, before: &[String]) -> Result<(), String> {
         for service in &self.services {
-            let ids = self
+            let ids: Vec<String> = self
                 .containers(service)
                 .await
-                .map_err(|e| format!("cannot find {service}'s new container: {e}"))?;
+                .map_err(|e| format!("cannot find {service}'s new container: {e}"))?
+                .into_iter()
+                .filter(|c| c.running || !before.contains(&c.id))
+                .map(|c| c.id)
+                .collect();
             if ids.is_empty() {
                 return Err(format!("gate failed: {service} has no container after up"));
             }
@@ -579,6 +623,21 @@ struct Project {
 #[derive(Deserialize)]
 struct ServiceConfig {
     image: Option<String>,
+}
+
+/// A container of a service, as `docker ps` lists it.
+#[derive(Debug)]
+struct Listed {
+    id: String,
+    running: bool,
+}
+
+/// What ran before a deploy: each service's image (for the rollback) and every container
+/// of the services (so the gate can tell a leftover from what `up` made).
+#[derive(Debug, Default)]
+struct Before {
+    images: Vec<Option<String>>,
+    ids: Vec<String>,
 }
 
 /// `repo:tag` → (`repo`, `tag`); the tag is `latest` when none is written. A `:` before

@@ -190,6 +190,51 @@ async fn v1_to_v2_through_compose_keeps_what_the_file_says() {
 }
 
 #[tokio::test]
+async fn a_stopped_leftover_is_not_taken_for_the_running_version() {
+    if !available("a_stopped_leftover_is_not_taken") {
+        return;
+    }
+    images();
+    let p = Project::new("compose-leftover");
+    p.up_with_v1();
+    let handler = p.handler();
+    let done = deploy(&handler, &p.push("v2")).await.expect("v2 deploys");
+    assert!(done.starts_with("deployed "), "{done}");
+    // A stopped container of `web` beside the one serving, newer than it and of another
+    // image (v3, which exits at once): a second replica that never started, as a scale
+    // change leaves. It has the serving one's Compose labels.
+    let leftover = format!("{}-leftover", p.name);
+    let (_, labels) = docker(&[
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}}",
+        &p.id("web"),
+    ]);
+    let labels: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(labels.trim()).expect("labels");
+    let mut create = vec!["create".to_owned(), "--name".to_owned(), leftover.clone()];
+    for (key, value) in &labels {
+        let value = match key.as_str() {
+            "com.docker.compose.container-number" => "2",
+            _ => value,
+        };
+        create.extend(["--label".to_owned(), format!("{key}={value}")]);
+    }
+    create.push(format!("{BASE}:v3"));
+    let create: Vec<&str> = create.iter().map(String::as_str).collect();
+    let (made, out) = docker(&create);
+    assert!(made, "{out}");
+    let _cleanup = Containers(vec![leftover]);
+    // A broken v3 rolls back to v2, the version that ran, not to the leftover's image.
+    let err = deploy(&handler, &p.push("v3"))
+        .await
+        .expect_err("v3 fails")
+        .to_string();
+    assert!(err.contains("rolled back"), "{err}");
+    assert_eq!(page(p.port).as_deref(), Some("site v2"), "v2 serves again");
+}
+
+#[tokio::test]
 async fn a_broken_v3_is_rolled_back_and_a_missing_tag_changes_nothing() {
     if !available("a_broken_v3_is_rolled_back") {
         return;
