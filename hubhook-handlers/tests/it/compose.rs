@@ -14,6 +14,8 @@ use hubhook_handlers::{ComposeHandler, Health};
 
 use hubhook_testkit::*;
 
+use crate::support::shut_down_in_the_gate;
+
 /// The tag the compose file names: pushes of v1, v2, v3 are pushed under it.
 const LIVE: &str = "live";
 
@@ -302,19 +304,11 @@ async fn a_shutdown_in_the_gate_rolls_back_and_leaves_the_push_owed() {
     p.up_with_v1();
     // v4 runs but never serves: its gate waits (here up to 60 s) until the shutdown.
     let handler = p.handler().health_timeout(Duration::from_secs(60));
-    let msg = p.push("v4");
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let ctx = Context::new(DeliveryId::generate()).with_cancellation(cancel.clone());
-    let run = tokio::spawn({
-        let handler = handler.clone();
-        async move { handler.handle(&msg, &ctx).await }
-    });
     // The shutdown comes once v4 is up and in its gate (the page no longer answers v1).
-    hubhook_testkit::eventually(Duration::from_secs(60), "v4 replaced v1", || {
+    let result = shut_down_in_the_gate(&handler, p.push("v4"), || {
         (quick_page(p.port).as_deref() != Some("site v1")).then_some(())
-    });
-    cancel.cancel();
-    let result = run.await.expect("the run ends");
+    })
+    .await;
     assert!(
         matches!(result, Err(HandlerError::Cancelled)),
         "owed again, not failed: {result:?}"

@@ -11,6 +11,8 @@ use hubhook_handlers::{BlueGreen, DockerHandler, Health};
 
 use hubhook_testkit::*;
 
+use crate::support::shut_down_in_the_gate;
+
 fn push_of(registry: &Registry, tag: &str) -> HubMessage {
     HubMessage::new(&registry.repo(), tag).expect("valid message")
 }
@@ -179,20 +181,12 @@ async fn a_shutdown_in_the_gate_rolls_back_and_leaves_the_push_owed() {
     // v4 runs but never serves: its gate waits (here up to 60 s) until the shutdown.
     let handler = s.handler().health_timeout(Duration::from_secs(60));
     let v1 = s.v1_running(&handler).await;
-    let msg = push_of(&s.registry, "v4");
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let ctx = Context::new(DeliveryId::generate()).with_cancellation(cancel.clone());
-    let run = tokio::spawn({
-        let handler = handler.clone();
-        async move { handler.handle(&msg, &ctx).await }
-    });
     // The shutdown comes once v4 runs as the candidate, in its gate.
     let candidate = format!("{}-hubhook-new", s.name);
-    eventually(Duration::from_secs(60), "v4 in its gate", || {
-        container_id(&candidate)
-    });
-    cancel.cancel();
-    let result = run.await.expect("the run ends");
+    let result = shut_down_in_the_gate(&handler, push_of(&s.registry, "v4"), || {
+        container_id(&candidate).map(|_| ())
+    })
+    .await;
     assert!(
         matches!(result, Err(HandlerError::Cancelled)),
         "owed again, not failed: {result:?}"
