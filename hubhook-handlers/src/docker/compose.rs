@@ -398,9 +398,13 @@ impl ComposeHandler {
                     .lines()
                     .filter_map(|line| {
                         let (id, state) = line.split_once(' ')?;
+                        // Stopped for good: exited, created and never started, dead.
+                        // Anything else (running, restarting, paused, or a docker too
+                        // old to say) counts as the service's.
+                        let stopped = matches!(state.trim(), "exited" | "created" | "dead");
                         Some(Listed {
                             id: id.to_owned(),
-                            running: state.trim() == "running",
+                            running: !stopped,
                         })
                     })
                     .collect())
