@@ -43,9 +43,8 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// How long a new connection may take to send its first byte (or finish its TLS
 /// handshake) before it is closed.
 const FIRST_BYTE: Duration = Duration::from_secs(10);
-/// Deliveries the list shows unless `limit` says otherwise, and the most it shows.
+/// Deliveries the list shows unless `limit` says otherwise.
 const DEFAULT_LIMIT: u64 = 100;
-const MAX_LIMIT: u64 = 1000;
 /// The chart's window when the journal keeps deliveries forever.
 const MAX_CHART_DAYS: u64 = 90;
 
@@ -326,11 +325,12 @@ async fn list(ui: &Ui, session: &Session, query: Option<&str>) -> Response<Full<
     let limit = field(&pairs, "limit")
         .parse()
         .unwrap_or(DEFAULT_LIMIT)
-        .clamp(1, MAX_LIMIT);
-    let query = ListQuery {
+        .clamp(1, ListQuery::MAX_LIMIT);
+    let mut query = ListQuery {
         status,
         repo,
         limit,
+        shown: 0,
     };
     let mut filter = Filter::new().limit(limit);
     if let Some(status) = query.status {
@@ -356,10 +356,13 @@ async fn list(ui: &Ui, session: &Session, query: Option<&str>) -> Response<Full<
     })
     .await;
     match read {
-        Ok((rows, days)) => html(
-            StatusCode::OK,
-            pages::list(&session.csrf, &query, &rows, chart::render(&days, now)),
-        ),
+        Ok((rows, days)) => {
+            query.shown = rows.len() as u64;
+            html(
+                StatusCode::OK,
+                pages::list(&session.csrf, &query, &rows, chart::render(&days, now)),
+            )
+        }
         Err(e) => e,
     }
 }

@@ -13,6 +13,42 @@ pub(super) struct ListQuery {
     pub(super) status: Option<DeliveryStatus>,
     pub(super) repo: Option<String>,
     pub(super) limit: u64,
+    /// How many rows the list holds (set once read).
+    pub(super) shown: u64,
+}
+
+impl ListQuery {
+    /// The most the list shows at once.
+    pub(super) const MAX_LIMIT: u64 = 1000;
+
+    /// The address of the same list with 100 more rows, when this one is full and may
+    /// have more to show.
+    fn more(&self) -> Option<String> {
+        if self.shown < self.limit || self.limit >= Self::MAX_LIMIT {
+            return None;
+        }
+        let mut query = vec![format!("limit={}", (self.limit + 100).min(Self::MAX_LIMIT))];
+        if let Some(status) = self.status {
+            query.push(format!("status={}", status.as_str()));
+        }
+        if let Some(repo) = &self.repo {
+            query.push(format!("repo={}", percent_encoded(repo)));
+        }
+        Some(format!("/?{}", query.join("&")))
+    }
+}
+
+/// `text` for a query string: every byte but the unreserved ones as `%XX`.
+fn percent_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A delivery of the list, with each handler's latest attempt.
@@ -142,7 +178,12 @@ pub(super) fn list(csrf: &str, query: &ListQuery, rows: &[Row], chart: Markup) -
                     figure { (chart) figcaption {
                         span.key.ok { "ok" } span.key.failed { "failed" } span.key.other { "other" }
                         " per day; the line is the median time from push to deploy" } }
-                    p.muted { (rows.len()) " newest deliveries" @if rows.len() as u64 >= query.limit { " (the newest " (query.limit) ")" } }
+                    p.muted {
+                        (rows.len()) " newest deliveries"
+                        @if let Some(more) = query.more() {
+                            " · " a href=(more) { "show more" }
+                        }
+                    }
                     table.deliveries {
                         thead { tr { th { "Received" } th { "Source" } th { "Image" } th { "Digest" } th { "Handlers" } th { "Took" } } }
                         tbody {
@@ -258,4 +299,28 @@ pub(super) fn problem(title: &str, text: &str) -> Markup {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_list_links_to_more_with_its_filters() {
+        let mut query = ListQuery {
+            status: Some(DeliveryStatus::Failed),
+            repo: Some("registry.example:5000/acme/site&x=1".to_owned()),
+            limit: 100,
+            shown: 100,
+        };
+        assert_eq!(
+            query.more().as_deref(),
+            Some("/?limit=200&status=failed&repo=registry.example%3A5000%2Facme%2Fsite%26x%3D1")
+        );
+        query.shown = 99;
+        assert_eq!(query.more(), None, "not full: nothing more");
+        query.shown = 1000;
+        query.limit = 1000;
+        assert_eq!(query.more(), None, "the most it shows");
+    }
 }
