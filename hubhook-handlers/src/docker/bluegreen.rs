@@ -275,8 +275,9 @@ impl Swap<'_> {
             Ok(id) => id,
             Err((reason, cause)) => {
                 // nginx still points to the old container: the new one just goes.
+                let cut_short = ctx.is_cancelled();
                 let failure = self.roll_back(reference, &reason, cause, None).await;
-                return Err(super::owed_if_cancelled(failure, ctx, self.name));
+                return Err(super::owed_if_cancelled(failure, cut_short, self.name));
             }
         };
         // The switch: nginx points to the new container from here on.

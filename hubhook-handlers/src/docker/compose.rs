@@ -399,8 +399,8 @@ impl ComposeHandler {
                     .filter_map(|line| {
                         let (id, state) = line.split_once(' ')?;
                         // Stopped for good: exited, created and never started, dead.
-                        // Anything else (running, restarting, paused, or a docker too
-                        // old to say) counts as the service's.
+                        // Anything else (running, restarting, paused) counts as the
+                        // service's.
                         let stopped = matches!(state.trim(), "exited" | "created" | "dead");
                         Some(Listed {
                             id: id.to_owned(),
@@ -532,8 +532,9 @@ impl ComposeHandler {
                 started.elapsed()
             ))),
             Err(reason) => {
+                let cut_short = ctx.is_cancelled();
                 let failure = self.roll_back(&tagged, &before.images, &reason).await;
-                Err(super::owed_if_cancelled(failure, ctx, &self.name))
+                Err(super::owed_if_cancelled(failure, cut_short, &self.name))
             }
         }
     }

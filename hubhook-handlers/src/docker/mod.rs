@@ -469,21 +469,23 @@ impl Handler for DockerHandler {
     }
 }
 
-/// The pushed tag, once the pushed repository is `image`; refused otherwise, before any
-/// command. The tag needs no check here: a [`Tag`](hubhook_core::reference::Tag) passed
-/// the grammar when the message was made.
-/// What a deploy that rolled back reports when a shutdown cut its gate short: the
-/// previous version runs again, but the push was never judged, so the delivery is still
-/// owed a run ([`HandlerError::Cancelled`]: a journaled server deploys it at its next
-/// start). The rollback's report goes to the log. Any other failure stands.
-fn owed_if_cancelled(failure: HandlerError, ctx: &Context, handler: &str) -> HandlerError {
-    if !ctx.is_cancelled() {
+/// What a deploy that rolled back reports when a shutdown cut its gate short
+/// (`cut_short`: the context was cancelled when the gate ended): the previous version
+/// runs again, but the push was never judged, so the delivery is still owed a run
+/// ([`HandlerError::Cancelled`]: a journaled server deploys it at its next start). The
+/// rollback's report goes to the log. A timeout, and any failure of a gate that ended
+/// on its own, stand.
+fn owed_if_cancelled(failure: HandlerError, cut_short: bool, handler: &str) -> HandlerError {
+    if !cut_short || !matches!(failure, HandlerError::Failed(_)) {
         return failure;
     }
     tracing::warn!(handler, "cut short by a shutdown: {failure}");
     HandlerError::Cancelled
 }
 
+/// The pushed tag, once the pushed repository is `image`; refused otherwise, before any
+/// command. The tag needs no check here: a [`Tag`](hubhook_core::reference::Tag) passed
+/// the grammar when the message was made.
 fn pushed_tag<'m>(image: &str, msg: &'m HubMessage) -> Result<&'m str, HandlerError> {
     let pushed = msg.full_name();
     if normalize(&pushed) != normalize(image) {

@@ -175,8 +175,9 @@ impl Swap<'_> {
         let id = match result {
             Ok(id) => id,
             Err((reason, cause)) => {
+                let cut_short = ctx.is_cancelled();
                 let failure = self.roll_back(reference, &reason, cause, previous).await;
-                return Err(super::owed_if_cancelled(failure, ctx, self.name));
+                return Err(super::owed_if_cancelled(failure, cut_short, self.name));
             }
         };
 

@@ -40,6 +40,9 @@ const MAX_CONNECTIONS: usize = 64;
 /// How long one connection is kept (a browser opens another): idle keep-alive
 /// connections cannot hold every slot for long.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// How long a connection past its lifetime has to finish what is in flight (a login
+/// waiting for its turn in a full line, at one a second, fits).
+const CLOSING_GRACE: Duration = Duration::from_secs(60);
 /// How long a new connection may take to send its first byte (or finish its TLS
 /// handshake) before it is closed.
 const FIRST_BYTE: Duration = Duration::from_secs(10);
@@ -154,8 +157,9 @@ async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Ar
     }
 }
 
-/// Serves one connection for at most [`CONNECTION_LIFETIME`], then closes it gracefully
-/// (a request in flight is answered; a browser opens another connection).
+/// Serves one connection for at most [`CONNECTION_LIFETIME`], then closes it gracefully:
+/// a request in flight gets [`CLOSING_GRACE`] to be answered, and a browser opens
+/// another connection.
 async fn serve<I, S>(
     http: &auto::Builder<TokioExecutor>,
     io: I,
@@ -178,7 +182,7 @@ where
         () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
     }
     connection.as_mut().graceful_shutdown();
-    match tokio::time::timeout(FIRST_BYTE, connection).await {
+    match tokio::time::timeout(CLOSING_GRACE, connection).await {
         Ok(served) => served,
         Err(_) => Ok(()),
     }

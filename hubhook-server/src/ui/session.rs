@@ -377,7 +377,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_login_whose_client_hung_up_keeps_its_turn_until_its_check_ends() {
-        let hash = hash_password("correct horse").expect("hash");
+        // A hash slow enough (64 MiB, 3 passes) that its check outlives the hang-up.
+        let params = argon2::Params::new(64 * 1024, 3, 1, None).expect("params");
+        let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"sixteen byte salt").expect("salt");
+        let hash = argon
+            .hash_password(b"correct horse", &salt)
+            .expect("hash")
+            .to_string();
         let login = Arc::new(Login::new(Some(hash), &[]));
         let check = {
             let login = login.clone();
@@ -388,9 +395,21 @@ mod tests {
             tokio::task::yield_now().await;
         }
         check.abort();
+        let dropped = check.await.expect_err("the login was dropped");
+        assert!(dropped.is_cancelled());
         // The Argon2 run goes on, and keeps the gate: the next check waits for it.
         assert_eq!(login.gate.available_permits(), 0);
         assert_eq!(login.check("correct horse".into()).await, Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn right_logins_give_their_turn_back() {
+        let login = Login::new(None, &["the-api-key".to_owned()]);
+        let start = tokio::time::Instant::now();
+        for _ in 0..(CHECK_BURST as usize + 5) {
+            assert_eq!(login.check("the-api-key".into()).await, Ok(()));
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "no right login waited");
     }
 
     #[test]
