@@ -10,14 +10,14 @@
 //! command that fails every third push with a full 4 KiB output tail, as deploys that
 //! print a lot would.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hubhook_core::journal::{Filter, History};
 use hubhook_core::DeliveryStatus;
-use hubhook_testkit::{eventually, TempDir};
+use hubhook_testkit::{eventually, exchange, TempDir};
 
 const KEY: &str = "ui-bench-key-0123456789abcdefghij";
 
@@ -90,12 +90,12 @@ fn main() {
                         r#"{{"push_data":{{"tag":"v{i}"}},"repository":{{"repo_name":"acme/app{}"}}}}"#,
                         i % 50
                     );
-                    let (status, _) = exchange(
+                    let (status, _, _) = exchange(
                         hook,
                         "POST",
                         &format!("/hubhook?apikey={KEY}"),
-                        "Content-Type: application/json\r\n",
-                        &body,
+                        &["Content-Type: application/json"],
+                        body.as_bytes(),
                     );
                     assert_eq!(status, 202);
                 }
@@ -119,16 +119,18 @@ fn main() {
         start.elapsed().as_secs_f64()
     );
 
-    let (status, head) = exchange(page, "POST", "/login", form(), &format!("password={KEY}"));
-    assert_eq!(status, 303, "{head}");
-    let cookie = head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let login = format!("password={KEY}");
+    let (status, headers, _) = exchange(page, "POST", "/login", &[form], login.as_bytes());
+    assert_eq!(status, 303);
+    let cookie = headers
+        .iter()
+        .find(|(name, _)| name == "set-cookie")
+        .and_then(|(_, value)| value.split(';').next())
         .expect("a session cookie")
         .to_owned();
-    let cookie = format!("Cookie: {cookie}\r\n");
-    let (_, body) = exchange(page, "GET", "/", &cookie, "");
+    let cookie = format!("Cookie: {cookie}");
+    let (_, _, body) = exchange(page, "GET", "/", &[&cookie], b"");
     assert!(body.contains("100 newest deliveries"), "the list rendered");
     let some = body
         .split("href=\"/deliveries/")
@@ -155,7 +157,7 @@ fn main() {
         let mut bytes = 0;
         for _ in 0..rounds {
             let at = Instant::now();
-            let (status, body) = exchange(page, "GET", target, &cookie, "");
+            let (status, _, body) = exchange(page, "GET", target, &[&cookie], b"");
             times.push(at.elapsed());
             assert_eq!(status, 200, "{name}");
             bytes = body.len();
@@ -171,39 +173,6 @@ fn main() {
     let _ = server.wait();
 }
 
-fn form() -> &'static str {
-    "Content-Type: application/x-www-form-urlencoded\r\n"
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// One request on a fresh connection; the status and the whole response, read to its
-/// end.
-fn exchange(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).expect("write");
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response).expect("read");
-    let text = String::from_utf8_lossy(&response);
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    (status, format!("{head}\r\n\r\n{rest}"))
 }

@@ -7,6 +7,7 @@
 mod browser;
 mod ca;
 mod engine;
+mod http;
 mod nginx;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 pub use browser::Browser;
 pub use ca::TestCa;
 pub use engine::*;
+pub use http::exchange;
 pub use nginx::Nginx;
 
 /// How often [`eventually`] and [`eventually_async`] look again.

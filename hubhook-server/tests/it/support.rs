@@ -1,8 +1,8 @@
 //! Test helpers: the real `hubhook` binary as a child process, temporary directories, and
 //! a tiny blocking HTTP/1.1 client.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use hubhook_testkit::{eventually, TempDir};
@@ -204,54 +204,8 @@ pub fn request(
     headers: &[&str],
     body: &[u8],
 ) -> (u16, String) {
-    let (status, _, body) = exchange(addr, method, target, headers, body);
+    let (status, _, body) = hubhook_testkit::exchange(addr, method, target, headers, body);
     (status, body)
-}
-
-/// Like [`request`], with the response's headers too (names lower-cased).
-pub fn exchange(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &[&str],
-    body: &[u8],
-) -> (u16, Vec<(String, String)>, String) {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut raw = format!(
-        "{method} {target} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    // The address it was sent to, as clients send it, unless the test names another.
-    if !headers
-        .iter()
-        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
-    {
-        raw.push_str(&format!("Host: {addr}\r\n"));
-    }
-    for h in headers {
-        raw.push_str(h);
-        raw.push_str("\r\n");
-    }
-    raw.push_str("\r\n");
-    tcp.write_all(raw.as_bytes()).expect("write head");
-    tcp.write_all(body).expect("write body");
-    let mut response = Vec::new();
-    tcp.read_to_end(&mut response).expect("read response");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
 }
 
 /// Posts a Docker Hub push of `acme/site:TAG` to `/hubhook` with [`KEY`]; the status.

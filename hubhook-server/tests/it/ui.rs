@@ -253,7 +253,7 @@ fn exchange(
     if method == "POST" {
         all.push("Content-Type: application/x-www-form-urlencoded");
     }
-    crate::support::exchange(addr, method, target, &all, body.as_bytes())
+    hubhook_testkit::exchange(addr, method, target, &all, body.as_bytes())
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -294,7 +294,7 @@ fn without_a_session_or_its_token_nothing_is_shown_or_replayed() {
     }
     // A name the page does not know (DNS rebinding) is refused before anything else.
     let rebound =
-        crate::support::exchange(page, "GET", "/login", &["Host: evil.example:8081"], b"");
+        hubhook_testkit::exchange(page, "GET", "/login", &["Host: evil.example:8081"], b"");
     assert_eq!(rebound.0, 421);
     let forged = ["Cookie: hubhook_session=forged".to_owned()];
     let (status, _, _) = exchange(page, "GET", "/", &forged, "");
