@@ -42,7 +42,7 @@ pub(crate) async fn serve(file: Option<PathBuf>, listen: Option<SocketAddr>) -> 
         None => None,
     };
     let page = match &config.ui {
-        Some(spec) => Some(ui::start(spec, &config, service.clone()).await?),
+        Some(spec) => Some((ui::start(spec, &config, service.clone()).await?, spec.tls)),
         None => None,
     };
     reconcile_swaps(&config);

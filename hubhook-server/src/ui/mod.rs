@@ -67,13 +67,12 @@ struct Ui {
     chart_days: usize,
 }
 
-/// Binds `[ui] listen` and serves the page in the background; returns the bound address
-/// and whether it speaks TLS.
+/// Binds `[ui] listen` and serves the page in the background; returns the bound address.
 pub(crate) async fn start(
     spec: &UiSpec,
     config: &Config,
     service: HubhookService,
-) -> Result<(SocketAddr, bool), Error> {
+) -> Result<SocketAddr, Error> {
     let tls = match (&config.tls, spec.tls) {
         (Some(TlsFiles::Files { cert, key }), true) => Some(tokio_rustls::TlsAcceptor::from(
             TlsConfig::from_pem_files(cert, key)?.server_config(),
@@ -99,7 +98,7 @@ pub(crate) async fn start(
         chart_days: keep.clamp(1, MAX_CHART_DAYS) as usize,
     });
     tokio::spawn(accept(tcp, tls, ui));
-    Ok((addr, spec.tls))
+    Ok(addr)
 }
 
 async fn accept(tcp: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, ui: Arc<Ui>) {
@@ -330,11 +329,10 @@ async fn list(ui: &Ui, session: &Session, query: Option<&str>) -> Response<Full<
         .parse()
         .unwrap_or(DEFAULT_LIMIT)
         .clamp(1, ListQuery::MAX_LIMIT);
-    let mut query = ListQuery {
+    let query = ListQuery {
         status,
         repo,
         limit,
-        shown: 0,
     };
     let mut filter = Filter::new().limit(limit);
     if let Some(status) = query.status {
@@ -360,13 +358,10 @@ async fn list(ui: &Ui, session: &Session, query: Option<&str>) -> Response<Full<
     })
     .await;
     match read {
-        Ok((rows, days)) => {
-            query.shown = rows.len() as u64;
-            html(
-                StatusCode::OK,
-                pages::list(&session.csrf, &query, &rows, chart::render(&days, now)),
-            )
-        }
+        Ok((rows, days)) => html(
+            StatusCode::OK,
+            pages::list(&session.csrf, &query, &rows, chart::render(&days, now)),
+        ),
         Err(e) => e,
     }
 }

@@ -13,18 +13,16 @@ pub(super) struct ListQuery {
     pub(super) status: Option<DeliveryStatus>,
     pub(super) repo: Option<String>,
     pub(super) limit: u64,
-    /// How many rows the list holds (set once read).
-    pub(super) shown: u64,
 }
 
 impl ListQuery {
     /// The most the list shows at once.
     pub(super) const MAX_LIMIT: u64 = 1000;
 
-    /// The address of the same list with 100 more rows, when this one is full and may
-    /// have more to show.
-    fn more(&self) -> Option<String> {
-        if self.shown < self.limit || self.limit >= Self::MAX_LIMIT {
+    /// The address of the same list with 100 more rows, when this one (`shown` rows) is
+    /// full and may have more to show.
+    fn more(&self, shown: usize) -> Option<String> {
+        if (shown as u64) < self.limit || self.limit >= Self::MAX_LIMIT {
             return None;
         }
         let mut query = vec![format!("limit={}", (self.limit + 100).min(Self::MAX_LIMIT))];
@@ -180,7 +178,7 @@ pub(super) fn list(csrf: &str, query: &ListQuery, rows: &[Row], chart: Markup) -
                         " per day; the line is the median time from push to deploy" } }
                     p.muted {
                         (rows.len()) " newest deliveries"
-                        @if let Some(more) = query.more() {
+                        @if let Some(more) = query.more(rows.len()) {
                             " · " a href=(more) { "show more" }
                         }
                     }
@@ -311,16 +309,13 @@ mod tests {
             status: Some(DeliveryStatus::Failed),
             repo: Some("registry.example:5000/acme/site&x=1".to_owned()),
             limit: 100,
-            shown: 100,
         };
         assert_eq!(
-            query.more().as_deref(),
+            query.more(100).as_deref(),
             Some("/?limit=200&status=failed&repo=registry.example%3A5000%2Facme%2Fsite%26x%3D1")
         );
-        query.shown = 99;
-        assert_eq!(query.more(), None, "not full: nothing more");
-        query.shown = 1000;
+        assert_eq!(query.more(99), None, "not full: nothing more");
         query.limit = 1000;
-        assert_eq!(query.more(), None, "the most it shows");
+        assert_eq!(query.more(1000), None, "the most it shows");
     }
 }
